@@ -1,0 +1,10 @@
+"""The network zoo. Every model: ``logits, features = model(images_nhwc)``.
+
+Import a family module here to register its names with ``create``.
+"""
+
+from camjax.models.base import POOLINGS, NotCamCompatible, PoolingHead, global_pool
+from camjax.models.registry import create, names, register
+from camjax.models import small  # noqa: F401  (registers small_gap)
+
+__all__ = ["POOLINGS", "NotCamCompatible", "PoolingHead", "create", "global_pool", "names", "register"]

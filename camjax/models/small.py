@@ -1,0 +1,67 @@
+"""A small configurable GAP network for the built-in data set and for tests."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+from flax import nnx
+
+from camjax.models.base import PoolingHead
+from camjax.models.registry import register
+
+
+class ConvBNReLU(nnx.Module):
+  """3x3 convolution, optional BatchNorm, ReLU."""
+
+  def __init__(self, cin: int, cout: int, *, strides: int = 1, batch_norm: bool = True, dtype: Any = None, rngs: nnx.Rngs):
+    self.conv = nnx.Conv(cin, cout, (3, 3), strides=strides, padding="SAME", use_bias=not batch_norm, dtype=dtype, rngs=rngs)
+    self.norm = nnx.BatchNorm(cout, momentum=0.9, dtype=dtype, rngs=rngs) if batch_norm else None
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = self.conv(x)
+    if self.norm is not None:
+      x = self.norm(x)
+    return nnx.relu(x)
+
+
+@register("small_gap")
+class SmallGapNet(nnx.Module):
+  """Stages of 3x3 conv blocks; every stage but the first halves the resolution.
+
+  ``widths`` gives one stage per entry with ``blocks_per_stage`` blocks each.
+  With the default four stages a 96 px input gives a 12x12 map.
+  """
+
+  def __init__(
+      self,
+      *,
+      num_classes: int,
+      pooling: str = "gap",
+      widths: Sequence[int] = (32, 64, 128, 256),
+      blocks_per_stage: int = 2,
+      batch_norm: bool = True,
+      use_bias: bool = False,
+      in_channels: int = 3,
+      dtype: Any = None,
+      rngs: nnx.Rngs,
+  ):
+    self.num_classes = num_classes
+    blocks = []
+    cin = in_channels
+    for stage, width in enumerate(widths):
+      for block in range(blocks_per_stage):
+        strides = 2 if (stage > 0 and block == 0) else 1
+        blocks.append(ConvBNReLU(cin, width, strides=strides, batch_norm=batch_norm, dtype=dtype, rngs=rngs))
+        cin = width
+    self.blocks = nnx.List(blocks)
+    self.head = PoolingHead(cin, num_classes, pooling=pooling, use_bias=use_bias, dtype=dtype, rngs=rngs)
+
+  def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    x = images
+    for block in self.blocks:
+      x = block(x)
+    return self.head(x), x
+
+  def cam_weights(self) -> tuple[jax.Array, jax.Array]:
+    return self.head.cam_weights()
