@@ -6,5 +6,6 @@ Import a family module here to register its names with ``create``.
 from camjax.models.base import POOLINGS, NotCamCompatible, PoolingHead, global_pool
 from camjax.models.registry import create, names, register
 from camjax.models import small  # noqa: F401  (registers small_gap)
+from camjax.models import alexnet, googlenet, nin, vgg  # noqa: F401  (register the GAP zoo and baselines)
 
 __all__ = ["POOLINGS", "NotCamCompatible", "PoolingHead", "create", "global_pool", "names", "register"]

@@ -1,0 +1,151 @@
+"""VGG16 family: the fully connected original and VGGnet-GAP (CAM paper, Sec. 3.1).
+
+The 13 conv layers (3x3 pad 1, ReLU, no BatchNorm) are torchvision's ``vgg16``
+in the same order and shapes, so torchvision weights map one to one (see
+``TORCH_NAMES``; kernels transpose OIHW -> HWIO, (out, in) -> (in, out)).
+The baseline's ``fc6`` reads the pooled map flattened in NCHW order, as torch does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+from flax import nnx
+
+from camjax.models.base import NotCamCompatible, PoolingHead, check_pooling
+from camjax.models.layers import Op, adaptive_avg_pool, check_images, flatten_chw, max_pool, min_input_size, scaled
+from camjax.models.registry import register
+
+# (stage, widths); a 2x2/2 max pool follows every stage (pool5 only in the baseline).
+VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+
+
+def _conv_names() -> list[str]:
+  return [f"conv{s + 1}_{i + 1}" for s, stage in enumerate(VGG16_STAGES) for i in range(len(stage))]
+
+
+def _torch_names() -> dict[str, str]:
+  names, index = {}, 0
+  for s, stage in enumerate(VGG16_STAGES):
+    for i in range(len(stage)):
+      names[f"conv{s + 1}_{i + 1}"] = f"features.{index}"
+      index += 2  # conv, ReLU
+    index += 1  # max pool
+  names.update(fc6="classifier.0", fc7="classifier.3", fc8="classifier.6")
+  return names
+
+
+TORCH_NAMES = _torch_names()
+CONV5_OPS = tuple(Op("pool", 2, 2) for _ in range(4))  # pool1..pool4; the 3x3 pad 1 convs keep size
+
+
+class VGG16Features(nnx.Module):
+  """conv1_1..conv5_3 with ReLU and pool1..pool4; returns the conv5_3 map (no pool5)."""
+
+  def __init__(self, *, width_mult: float = 1.0, in_channels: int = 3, dtype: Any = None, rngs: nnx.Rngs):
+    cin = in_channels
+    for name, width in zip(_conv_names(), (w for stage in VGG16_STAGES for w in stage)):
+      width = scaled(width, width_mult)
+      setattr(self, name, nnx.Conv(cin, width, (3, 3), padding=1, dtype=dtype, rngs=rngs))
+      cin = width
+    self.out_channels = cin
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for s, stage in enumerate(VGG16_STAGES):
+      if s:
+        x = max_pool(x, 2, 2)
+      for i in range(len(stage)):
+        x = nnx.relu(getattr(self, f"conv{s + 1}_{i + 1}")(x))
+    return x
+
+
+@register("vgg16_gap")
+class VGG16Gap(nnx.Module):
+  """VGGnet-GAP: conv1_1..conv5_3 with pool5 and the FC layers removed (224 px -> 14x14),
+  then a 3x3/1 pad 1 conv with 1024 units + ReLU, global pooling and a linear classifier.
+
+  ``pooling="gmp"`` gives global max pooling; ``use_bias`` switches the classifier
+  bias (off by default); ``width_mult`` scales every width.
+  """
+
+  name = "vgg16_gap"
+
+  def __init__(
+      self,
+      *,
+      num_classes: int,
+      pooling: str = "gap",
+      use_bias: bool = False,
+      dropout_rate: float = 0.0,
+      width_mult: float = 1.0,
+      in_channels: int = 3,
+      dtype: Any = None,
+      rngs: nnx.Rngs,
+  ):
+    check_pooling(pooling)
+    self.num_classes = num_classes
+    self.features = VGG16Features(width_mult=width_mult, in_channels=in_channels, dtype=dtype, rngs=rngs)
+    width = scaled(1024, width_mult)
+    self.cam_conv = nnx.Conv(self.features.out_channels, width, (3, 3), padding=1, dtype=dtype, rngs=rngs)
+    self.head = PoolingHead(width, num_classes, pooling=pooling, use_bias=use_bias,
+                            dropout_rate=dropout_rate, dtype=dtype, rngs=rngs)
+    self.min_size = min_input_size(CONV5_OPS)
+
+  def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    check_images(images, self.min_size, self.name)
+    x = nnx.relu(self.cam_conv(self.features(images)))
+    return self.head(x), x
+
+  def cam_weights(self) -> tuple[jax.Array, jax.Array]:
+    return self.head.cam_weights()
+
+
+@register("vgg16")
+class VGG16(nnx.Module):
+  """The original VGG16 (configuration D) with its fully connected head.
+
+  pool5 -> adaptive average pool to 7x7 (identity at 224 px) -> fc6 4096 ->
+  ReLU -> dropout -> fc7 4096 -> ReLU -> dropout -> fc8; 138,357,544
+  parameters for 1000 classes. Returns ``(logits, conv5_3 map after ReLU,
+  before pool5)``. Not CAM compatible: use Grad-CAM from ``camjax.saliency``.
+  """
+
+  name = "vgg16"
+
+  def __init__(
+      self,
+      *,
+      num_classes: int,
+      pooling: str = "gap",
+      dropout_rate: float = 0.5,
+      width_mult: float = 1.0,
+      in_channels: int = 3,
+      dtype: Any = None,
+      rngs: nnx.Rngs,
+  ):
+    if pooling != "gap":
+      raise ValueError(f"{self.name} has a fully connected head, so pooling={pooling!r} has no meaning; "
+                       f"use vgg16_gap for global max pooling")
+    self.num_classes = num_classes
+    self.features = VGG16Features(width_mult=width_mult, in_channels=in_channels, dtype=dtype, rngs=rngs)
+    hidden = scaled(4096, width_mult)
+    self.fc6 = nnx.Linear(self.features.out_channels * 49, hidden, dtype=dtype, rngs=rngs)
+    self.dropout6 = nnx.Dropout(dropout_rate, rngs=rngs)
+    self.fc7 = nnx.Linear(hidden, hidden, dtype=dtype, rngs=rngs)
+    self.dropout7 = nnx.Dropout(dropout_rate, rngs=rngs)
+    self.fc8 = nnx.Linear(hidden, num_classes, dtype=dtype, kernel_init=nnx.initializers.normal(0.01), rngs=rngs)
+    self.min_size = min_input_size(CONV5_OPS + (Op("pool", 2, 2),))
+
+  def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
+    check_images(images, self.min_size, self.name)
+    features = self.features(images)
+    x = flatten_chw(adaptive_avg_pool(max_pool(features, 2, 2), (7, 7)))
+    x = self.dropout6(nnx.relu(self.fc6(x)))
+    x = self.dropout7(nnx.relu(self.fc7(x)))
+    return self.fc8(x), features
+
+  def cam_weights(self):
+    raise NotCamCompatible(
+        f"{self.name} has a fully connected head, so CAM does not apply; use Grad-CAM from "
+        f"camjax.saliency on its conv5_3 features, or a GAP model such as vgg16_gap")
