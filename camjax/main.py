@@ -1,0 +1,182 @@
+"""camjax entry point: train, evaluate, or both, on 1 device to a multi-host pod.
+
+  python -m camjax.main --config=configs/quickstart.py --workdir=runs/quickstart
+  python -m camjax.main --config=configs/googlenet_gap.py --workdir=runs/g \
+      --mode=train_and_eval --config.optimizer.lr=0.001
+
+Every host of a multi-host run executes the same command. ``jax.distributed``
+is initialised from ``--coordinator_address/--num_processes/--process_id`` or,
+when those are absent, from the TPU / SLURM environment JAX detects itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+from absl import app, flags
+from ml_collections import config_flags
+
+MODES = ("train", "eval", "train_and_eval")
+DTYPES = ("float32", "bfloat16")
+EVAL_PROTOCOLS = ("paper", "wsol")
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
+flags.DEFINE_enum("mode", "train", MODES, "What to do.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
+flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
+flags.DEFINE_bool("verbose_orbax", False, "Show orbax's INFO logs.")
+
+# Environment variables that mean "jax.distributed.initialize() can find its peers by itself".
+CLUSTER_ENV = ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE",
+               "JAX_COORDINATOR_ADDRESS")
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message says what to change."""
+
+
+def validate_config(config: Any, *, num_devices: int | None = None, mode: str = "train") -> None:
+  """Fail at start, with one line saying what to change, on a config that cannot work."""
+  from camjax import models
+  from camjax.models.base import POOLINGS
+
+  if config.model.name not in models.names():
+    raise ConfigError(f"unknown model {config.model.name!r}; set --config.model.name to one of: "
+                      f"{', '.join(models.names())}")
+  if config.model.pooling not in POOLINGS:
+    raise ConfigError(f"model.pooling={config.model.pooling!r} is not one of {POOLINGS}; "
+                      "set --config.model.pooling=gap or gmp")
+  if config.model.dtype not in DTYPES:
+    raise ConfigError(f"model.dtype={config.model.dtype!r}; set --config.model.dtype to one of {DTYPES}")
+  if config.model.num_classes < 1:
+    raise ConfigError(f"model.num_classes={config.model.num_classes}; set it to the number of classes")
+  unknown = set(config.eval.protocols) - set(EVAL_PROTOCOLS)
+  if unknown:
+    raise ConfigError(f"eval.protocols has {sorted(unknown)}; use a subset of {EVAL_PROTOCOLS}")
+  t = config.training
+  if t.global_batch_size < 1:
+    raise ConfigError(f"training.global_batch_size={t.global_batch_size}; set it to a positive number")
+  if mode != "eval":
+    if t.num_steps <= 0 and t.num_epochs <= 0:
+      raise ConfigError("set --config.training.num_steps or --config.training.num_epochs to a positive value")
+    if t.log_every < 1 or t.checkpoint_every < 1:
+      raise ConfigError("training.log_every and training.checkpoint_every must be >= 1")
+  if num_devices is not None:
+    model = config.mesh.model
+    if model < 1 or num_devices % model:
+      raise ConfigError(f"mesh.model={model} does not divide the {num_devices} devices; "
+                        f"set --config.mesh.model to a divisor of {num_devices}")
+    data = config.mesh.data if config.mesh.data != -1 else num_devices // model
+    if data * model != num_devices:
+      raise ConfigError(f"mesh.data={config.mesh.data} x mesh.model={model} != {num_devices} devices; "
+                        "set --config.mesh.data=-1")
+    if t.global_batch_size % data:
+      raise ConfigError(f"training.global_batch_size={t.global_batch_size} is not divisible by the {data} "
+                        f"data-parallel devices; set it to a multiple of {data}")
+    if (t.global_batch_size // data) % t.grad_accum_steps:
+      raise ConfigError(f"training.grad_accum_steps={t.grad_accum_steps} does not divide the per-device batch "
+                        f"{t.global_batch_size // data}; change one of them")
+    if mode != "train" and config.eval.batch_size % data:
+      raise ConfigError(f"eval.batch_size={config.eval.batch_size} is not divisible by the {data} "
+                        f"data-parallel devices; set it to a multiple of {data}")
+  if config.data.name in ("ilsvrc2012_loc", "cub200_2011"):
+    _check_manual_data(config)
+
+
+def _check_manual_data(config: Any) -> None:
+  """ImageNet and CUB come from the user's download: fail early when neither it nor a prepared copy exists."""
+  from camjax import data
+
+  data_dir = os.path.expanduser(config.data.data_dir or data.default_data_dir())
+  prepared = os.path.isdir(os.path.join(data_dir, config.data.name))
+  if prepared:
+    return
+  manual = config.data.manual_dir or os.path.join(data_dir, "downloads", "manual")
+  if not os.path.isdir(os.path.expanduser(manual)):
+    raise ConfigError(f"data set {config.data.name} is not prepared in {data_dir} and its manual download dir "
+                      f"{manual} does not exist; download it and set --config.data.manual_dir")
+
+
+def distributed_args(coordinator_address: str | None, num_processes: int | None,
+                     process_id: int | None, environ: dict | None = None) -> dict | None:
+  """Arguments for ``jax.distributed.initialize``, or None for a single-process run."""
+  environ = os.environ if environ is None else environ
+  if coordinator_address or num_processes or process_id is not None:
+    if not (coordinator_address and num_processes and process_id is not None):
+      raise ConfigError("multi-process runs need all of --coordinator_address, --num_processes and --process_id")
+    if num_processes == 1:
+      return None
+    return {"coordinator_address": coordinator_address, "num_processes": num_processes, "process_id": process_id}
+  if any(environ.get(name) for name in CLUSTER_ENV):
+    return {}  # jax detects the cluster (TPU pod, SLURM, Open MPI) by itself
+  return None
+
+
+def _setup_logging(verbose_orbax: bool) -> None:
+  from absl import logging as absl_logging
+
+  if not verbose_orbax:
+    absl_logging.set_verbosity(absl_logging.WARNING)
+  logging.getLogger("camjax").setLevel(logging.INFO)
+
+
+def run(config: Any, workdir: str, mode: str) -> dict:
+  """Train and/or evaluate; returns the evaluation results (empty for --mode=train)."""
+  import jax
+
+  from camjax import eval_loop, train
+
+  validate_config(config, num_devices=jax.device_count(), mode=mode)
+  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+  results: dict = {}
+  if mode in ("train", "train_and_eval"):
+    result = train.train(config, workdir)
+    if result.preempted:
+      return {"preempted_at_step": result.step}
+  else:
+    result = train.restore_for_eval(config, workdir)
+  if mode in ("eval", "train_and_eval"):
+    results = eval_loop.evaluate(result, config, workdir)
+  return results
+
+
+def main(argv: list[str]) -> int:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if FLAGS.config is None or FLAGS.workdir is None:
+    raise app.UsageError("both --config and --workdir are required")
+  _setup_logging(FLAGS.verbose_orbax)
+  try:
+    dist = distributed_args(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    import jax
+
+    if dist is not None:
+      jax.distributed.initialize(**dist)
+    results = run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+  except ConfigError as e:
+    print(f"camjax: config error: {e}", file=sys.stderr)
+    return 2
+  except ValueError as e:
+    print(f"camjax: error: {e}", file=sys.stderr)
+    return 2
+  if results and FLAGS.mode != "train":
+    print(json.dumps(results, indent=2, default=str))
+  return 0
+
+
+def entry() -> None:
+  app.run(lambda argv: sys.exit(main(argv)))
+
+
+if __name__ == "__main__":
+  entry()

@@ -1,0 +1,158 @@
+"""Device mesh, parameter and batch shardings, host-local <-> global arrays.
+
+One program runs on 1 to N devices and hosts: the train step is a ``jax.jit``
+over global arrays laid out on a ``Mesh`` with a ``data`` axis (the batch is
+split over it) and a ``model`` axis (large kernels are split over their
+output channels; everything else is replicated).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA = "data"
+MODEL = "model"
+
+
+def mesh_shape(data: int, model: int, num_devices: int) -> tuple[int, int]:
+  """Resolve ``data=-1`` (all devices left over) and check the product matches the devices."""
+  if model < 1:
+    raise ValueError(f"mesh.model must be >= 1, got {model}; set --config.mesh.model=1")
+  if data == -1:
+    if num_devices % model:
+      raise ValueError(f"mesh.model={model} does not divide the {num_devices} devices; "
+                       f"set --config.mesh.model to a divisor of {num_devices}")
+    data = num_devices // model
+  if data * model != num_devices:
+    raise ValueError(f"mesh.data * mesh.model = {data} * {model} != {num_devices} devices; "
+                     "set --config.mesh.data=-1 to use all devices")
+  return data, model
+
+
+def make_mesh(data: int = -1, model: int = 1, devices: list | None = None) -> Mesh:
+  """A ('data', 'model') mesh over all devices (of all processes), in jax.devices() order.
+
+  Devices of one process are contiguous along 'data', so each host's local batch
+  is one contiguous block of the global batch.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  data, model = mesh_shape(data, model, len(devices))
+  return Mesh(np.asarray(devices, dtype=object).reshape(data, model), (DATA, MODEL))
+
+
+def path_str(path: tuple) -> str:
+  """'blocks/0/conv/kernel' from a jax key path (dict keys, sequence indices, attributes)."""
+  parts = []
+  for key in path:
+    if isinstance(key, jax.tree_util.DictKey):
+      parts.append(str(key.key))
+    elif isinstance(key, jax.tree_util.SequenceKey):
+      parts.append(str(key.idx))
+    elif isinstance(key, jax.tree_util.GetAttrKey):
+      parts.append(str(key.name))
+    else:
+      parts.append(str(key))
+  return "/".join(parts)
+
+
+def param_spec(path: str, shape: tuple[int, ...], model_size: int) -> P:
+  """Shard a kernel's output-channel (last) dim over 'model' when it divides; replicate otherwise."""
+  if model_size > 1 and len(shape) >= 2 and path.rsplit("/", 1)[-1] == "kernel" and shape[-1] % model_size == 0:
+    return P(*([None] * (len(shape) - 1)), MODEL)
+  return P()
+
+
+def tree_shardings(mesh: Mesh, tree: Any) -> Any:
+  """NamedShardings for a pytree of arrays (parameters, optimizer state, ...) by the ``param_spec`` rule.
+
+  Optimizer states repeat the parameter tree under their own keys, so the rule,
+  keyed on the leaf name and shape, gives moments the layout of their parameter.
+  """
+  model_size = mesh.shape[MODEL]
+
+  def one(path, leaf):
+    return NamedSharding(mesh, param_spec(path_str(path), tuple(np.shape(leaf)), model_size))
+
+  return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) dimension split over 'data', replicated over 'model'."""
+  return NamedSharding(mesh, P(DATA))
+
+
+def global_batch(mesh: Mesh, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+  """Assemble each host's local batch into global arrays sharded over 'data'.
+
+  Process ``p`` holds rows ``[p * b, (p + 1) * b)`` of the global batch.
+  """
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
+
+
+def put_global(mesh: Mesh, tree: Any, shardings: Any | None = None) -> Any:
+  """Place host values (identical on every process) on the mesh, multi-host safe."""
+  if shardings is None:
+    shardings = tree_shardings(mesh, tree)
+
+  def one(x, sharding):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+  return jax.tree.map(one, tree, shardings)
+
+
+def to_host(tree: Any) -> Any:
+  """Full numpy copies of (possibly multi-host sharded) global arrays, on every process."""
+  def one(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(jax.device_get(x))
+
+  return jax.tree.map(one, tree)
+
+
+def any_process(flag: bool) -> bool:
+  """True on every process when the flag is set on any of them (one tiny collective)."""
+  if jax.process_count() == 1:
+    return bool(flag)
+  flags = multihost_utils.process_allgather(np.asarray([int(flag)], np.int32))
+  return bool(np.asarray(flags).any())
+
+
+def gather_json(value: Any) -> list[Any]:
+  """Every process's JSON-serialisable value, in process order, on every process."""
+  if jax.process_count() == 1:
+    return [value]
+  data = np.frombuffer(json.dumps(value).encode(), dtype=np.uint8)
+  sizes = np.asarray(multihost_utils.process_allgather(np.asarray([data.size], np.int32))).reshape(-1)
+  padded = np.zeros((int(sizes.max()),), np.uint8)
+  padded[: data.size] = data
+  everything = np.asarray(multihost_utils.process_allgather(padded)).reshape(len(sizes), -1)
+  return [json.loads(bytes(row[:n]).decode()) for row, n in zip(everything, sizes)]
+
+
+def sync(name: str) -> None:
+  """Barrier across processes (no-op for one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def host_local_batch_size(global_batch_size: int, mesh: Mesh) -> int:
+  """The rows this process feeds, after checking the batch splits evenly over devices and hosts."""
+  data_size = mesh.shape[DATA]
+  if global_batch_size % data_size:
+    raise ValueError(f"training.global_batch_size={global_batch_size} is not divisible by the {data_size} "
+                     f"data-parallel devices; set it to a multiple of {data_size}")
+  return global_batch_size // jax.process_count()
+
