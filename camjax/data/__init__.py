@@ -1,0 +1,84 @@
+"""camjax data sets: TFDS builders stored as ArrayRecord, read back with ``tfds.data_source``.
+
+Importing this package registers the builders ``camjax_shapes`` (built in, no
+download), ``ilsvrc2012_loc`` and ``cub200_2011`` (from the user's manual
+download). ``prepare`` is the one call ``camjax.main`` needs: it builds a data set
+once and returns its builder; ``builder.as_data_source(split)`` then gives random
+access to records in the schema of ``camjax.data.records``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from camjax.data import records
+from camjax.data.records import BadDataError, normalized_to_pixel, pixel_to_normalized, read_bad_examples
+
+DATA_DIR_ENV = "CAMJAX_DATA_DIR"
+
+
+def default_data_dir() -> str:
+  """``$CAMJAX_DATA_DIR`` if set, else ``~/tensorflow_datasets`` (the TFDS default)."""
+  return os.path.expanduser(os.environ.get(DATA_DIR_ENV) or os.path.join("~", "tensorflow_datasets"))
+
+
+def builder_names() -> list[str]:
+  return ["camjax_shapes", "ilsvrc2012_loc", "cub200_2011"]
+
+
+def _builder_class(name: str):
+  from camjax.data import cub, ilsvrc, shapes  # noqa: F401  (registers the builders)
+
+  classes = {"camjax_shapes": shapes.CamjaxShapes, "ilsvrc2012_loc": ilsvrc.Ilsvrc2012Loc, "cub200_2011": cub.Cub2002011}
+  if name not in classes:
+    raise ValueError(f"unknown data set {name!r}; known: {', '.join(builder_names())}")
+  return classes[name]
+
+
+def get_builder(name: str, data_dir: str | None = None, config: Any = None, *, on_bad_data: str | None = None):
+  """The builder of ``name`` (``"camjax_shapes"`` or ``"camjax_shapes/px64"``) without preparing it."""
+  if "/" in name:
+    if config is not None:
+      raise ValueError(f"give the config either in the name ({name!r}) or as config=, not both")
+    name, config = name.split("/", 1)
+  cls = _builder_class(name)
+  if isinstance(config, str) and config not in cls.builder_configs:
+    raise ValueError(f"{name} has no config {config!r}; configs: {', '.join(cls.builder_configs)}")
+  kwargs: dict[str, Any] = {"data_dir": os.path.expanduser(data_dir or default_data_dir()), "config": config}
+  if on_bad_data is not None:
+    kwargs["on_bad_data"] = on_bad_data
+  return cls(**kwargs)
+
+
+def prepare(name: str = "camjax_shapes", data_dir: str | None = None, config: Any = None, *,
+            manual_dir: str | None = None, on_bad_data: str | None = None):
+  """Build ``name`` into ``data_dir`` unless it is already there; return its builder.
+
+  ``config`` is a config name or a ``BuilderConfig`` object (a config with another
+  seed or size must have its own name). ``manual_dir`` holds the user's downloads
+  for ILSVRC and CUB (default ``<data_dir>/downloads/manual``). ``on_bad_data``:
+  "skip" or "fail" for every split; None means skip on train, fail elsewhere.
+  Never touches the network: prepared data are only read from ``data_dir``.
+  """
+  import tensorflow_datasets as tfds
+
+  builder = get_builder(name, data_dir, config, on_bad_data=on_bad_data)
+  if not (builder.data_path / "dataset_info.json").exists():
+    dl_config = tfds.download.DownloadConfig(
+        manual_dir=os.path.expanduser(manual_dir) if manual_dir else None,
+        try_download_gcs=False,
+    )
+    if hasattr(builder, "check_manual_dir"):
+      builder.check_manual_dir(dl_config.manual_dir or os.path.join(builder._data_dir_root, "downloads", "manual"))
+    builder.download_and_prepare(file_format="array_record", download_config=dl_config)
+  return builder
+
+
+__all__ = [
+    "BadDataError", "builder_names", "default_data_dir", "get_builder", "normalized_to_pixel",
+    "pixel_to_normalized", "prepare", "read_bad_examples", "records",
+]
+
+# Register the builders with TFDS so tfds.data_source("camjax_shapes/...", ...) finds them.
+from camjax.data import cub, ilsvrc, shapes  # noqa: E402,F401
