@@ -1,0 +1,186 @@
+"""Boxes from score maps under the two published protocols, and IoU.
+
+``protocol="paper"`` follows Zhou et al. 2016 (Sec. 3.2): keep pixels strictly above a
+fraction of the map's maximum, take the largest 8-connected component by pixel count and
+its tight box. ``protocol="wsol"`` follows the WSOL evaluation standard (Choe et al. 2020),
+defined by OpenCV's contour finder; see ``shared/PROTOCOL.md`` section 2.
+
+The WSOL sweep is the hot path: a map has at most 256 distinct binarizations (its uint8
+levels), so ``wsol_level_best_iou`` maps every CAM threshold to its integer level, runs the
+contour finder once per distinct binarization actually hit, on the crop holding the
+foreground (the finder pads with background, so cropping changes nothing), and fills the
+curve from those.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+from camjax.localization import _checks
+
+_EIGHT = np.ones((3, 3), dtype=bool)
+_EMPTY_BOX = np.zeros((1, 4), np.int64)
+
+
+def iou(boxes_a: Any, boxes_b: Any) -> np.ndarray:
+  """(Na, Nb) IoU of inclusive (x0, y0, x1, y1) boxes; 0 where the union is 0 or less."""
+  a = np.asarray(boxes_a, dtype=np.int64).reshape(-1, 4)
+  b = np.asarray(boxes_b, dtype=np.int64).reshape(-1, 4)
+  ax0, ay0, ax1, ay1 = (a[:, i, None] for i in range(4))
+  bx0, by0, bx1, by1 = (b[None, :, i] for i in range(4))
+  iw = np.maximum(0, np.minimum(ax1, bx1) - np.maximum(ax0, bx0) + 1)
+  ih = np.maximum(0, np.minimum(ay1, by1) - np.maximum(ay0, by0) + 1)
+  inter = iw * ih
+  union = (ax1 - ax0 + 1) * (ay1 - ay0 + 1) + (bx1 - bx0 + 1) * (by1 - by0 + 1) - inter
+  ok = union > 0
+  return np.where(ok, inter / np.where(ok, union, 1), 0.0)
+
+
+def quantize(scoremap: np.ndarray) -> np.ndarray:
+  """``floor(255 * S)`` as uint8 (exact: the product is formed in float64)."""
+  return (np.asarray(scoremap, dtype=np.float64) * 255.0).astype(np.uint8)
+
+
+def cam_levels(cam_thresholds: np.ndarray, max_level: int) -> np.ndarray:
+  """Integer binarization level of each CAM threshold: ``int(tau * max(q))`` (truncation, as the standard)."""
+  return np.trunc(np.asarray(cam_thresholds, np.float64) * float(max_level)).astype(np.int64)
+
+
+def boxes_from_cam(cam: Any, threshold: float, *, protocol: str = "paper", multi_contour: bool = False) -> np.ndarray:
+  """Boxes (N, 4) int64 from one (H, W) map at one threshold.
+
+  paper: pixels > ``threshold * max(cam)``, largest 8-connected component (pixel count;
+    ties go to the first in raster order), its tight box; (0, 4) when nothing is kept.
+  wsol: PROTOCOL.md section 2 steps 1-6; ``(0, 0, 0, 0)`` when no contour; one box unless
+    ``multi_contour``.
+  """
+  cam = np.asarray(cam)
+  if cam.ndim != 2:
+    raise ValueError(f"cam must have shape (H, W); got shape {cam.shape}")
+  if not np.issubdtype(cam.dtype, np.floating):
+    raise ValueError(f"cam must be a floating dtype; got {cam.dtype}")
+  if protocol == "paper":
+    _checks.check_map(cam, index=0, unit_range=False)
+    return paper_box(cam, threshold)
+  if protocol == "wsol":
+    _checks.check_map(cam, index=0, unit_range=True)
+    q = quantize(cam)
+    level = int(cam_levels(np.array([threshold]), int(q.max()))[0])
+    return wsol_boxes_at_level(q, level, multi_contour=multi_contour)
+  raise ValueError(f"protocol must be 'paper' or 'wsol'; got {protocol!r}")
+
+
+def paper_box(cam: np.ndarray, threshold: float) -> np.ndarray:
+  """Tight box of the largest 8-connected component of ``cam > threshold * max(cam)``; (0, 4) if empty."""
+  fg = cam > threshold * cam.max()
+  labels, n = ndimage.label(fg, structure=_EIGHT)
+  if n == 0:
+    return np.zeros((0, 4), np.int64)
+  sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+  best = int(np.argmax(sizes)) + 1
+  ys, xs = ndimage.find_objects(labels, max_label=best)[best - 1]
+  return np.array([[xs.start, ys.start, xs.stop - 1, ys.stop - 1]], np.int64)
+
+
+def _contours(q: np.ndarray, level: int, crop: tuple[int, int, int, int] | None = None) -> tuple:
+  """OpenCV borders of ``q > level`` (tree mode, simple chains), optionally on the foreground crop."""
+  if crop is None:
+    binary = (q > level).view(np.uint8)
+    return cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
+  y0, y1, x0, x1 = crop
+  binary = (q[y0:y1, x0:x1] > level).view(np.uint8)
+  return cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE, offset=(x0, y0))[0]
+
+
+def _contour_boxes(contours: tuple, height: int, width: int) -> np.ndarray:
+  """Step 5: ``(x, y, min(x + w, W - 1), min(y + h, H - 1))`` per border."""
+  rects = np.array([cv2.boundingRect(c) for c in contours], np.int64).reshape(-1, 4)
+  x, y, w, h = rects.T
+  return np.stack([x, y, np.minimum(x + w, width - 1), np.minimum(y + h, height - 1)], axis=1)
+
+
+def _largest(contours: tuple) -> int:
+  """Index of the first border with the largest contour area (Python ``max`` semantics)."""
+  areas = [cv2.contourArea(c) for c in contours]
+  return int(np.argmax(areas))
+
+
+def wsol_boxes_at_level(q: np.ndarray, level: int, *, multi_contour: bool) -> np.ndarray:
+  """WSOL boxes of ``q > level`` (full image, no shortcuts): the definition the fast sweep must match."""
+  height, width = q.shape
+  contours = _contours(q, level)
+  if len(contours) == 0:
+    return _EMPTY_BOX.copy()
+  if not multi_contour:
+    contours = (contours[_largest(contours)],)
+  return _contour_boxes(contours, height, width)
+
+
+def wsol_level_best_iou(scoremap: np.ndarray, gt_boxes: np.ndarray, cam_thresholds: np.ndarray,
+                        modes: tuple[bool, ...] = (True,)) -> np.ndarray:
+  """Best IoU (len(modes), T) of each CAM threshold's boxes against ``gt_boxes``.
+
+  ``modes`` lists ``multi_contour`` flags; both modes come from the same contour call.
+  Work is one contour extraction per distinct binarization hit by the thresholds.
+  """
+  height, width = scoremap.shape
+  q = quantize(scoremap)
+  max_level = int(q.max())
+  levels = cam_levels(cam_thresholds, max_level)
+  # Canonical level: q > L equals q > (next present value above L) - 1; 255 means empty.
+  present = np.zeros(257, bool)
+  present[np.unique(q)] = True
+  present[256] = True
+  next_present = np.flatnonzero(present)
+  lv = np.clip(levels, -1, 255)
+  canon = next_present[np.searchsorted(next_present, lv, side="right")] - 1
+  distinct, inverse = np.unique(canon, return_inverse=True)
+  nonempty = distinct < max_level
+  # Foreground crops of every distinct level at once.
+  rowmax = q.max(axis=1)
+  colmax = q.max(axis=0)
+  work = distinct[nonempty]
+  rows = rowmax[None, :] > work[:, None]
+  cols = colmax[None, :] > work[:, None]
+  y0 = rows.argmax(1)
+  y1 = height - rows[:, ::-1].argmax(1)
+  x0 = cols.argmax(1)
+  x1 = width - cols[:, ::-1].argmax(1)
+
+  gt = np.asarray(gt_boxes, np.int64)
+  empty_iou = float(iou(_EMPTY_BOX, gt).max())
+  best = np.full((len(modes), len(distinct)), empty_iou)
+  want_single = not all(modes)
+  rects: list[tuple[int, int, int, int]] = []
+  counts: list[int] = []
+  single: list[int] = []
+  find, bounding, area = cv2.findContours, cv2.boundingRect, cv2.contourArea
+  tree, simple = cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE
+  for level, a, b, c, d in zip(work.tolist(), y0.tolist(), y1.tolist(), x0.tolist(), x1.tolist()):
+    binary = (q[a:b, c:d] > level).view(np.uint8)
+    contours = find(binary, tree, simple, offset=(c, a))[0]
+    if want_single:
+      if len(contours) > 1:
+        areas = [area(k) for k in contours]
+        single.append(len(rects) + areas.index(max(areas)))
+      else:
+        single.append(len(rects))
+    rects.extend(bounding(k) for k in contours)
+    counts.append(len(contours))
+  if rects:
+    r = np.array(rects, np.int64)
+    boxes = np.stack([r[:, 0], r[:, 1], np.minimum(r[:, 0] + r[:, 2], width - 1),
+                      np.minimum(r[:, 1] + r[:, 3], height - 1)], axis=1)
+    per_box = iou(boxes, gt).max(axis=1)
+    where = np.flatnonzero(nonempty)
+    for m, multi in enumerate(modes):
+      if multi:
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        best[m, where] = np.maximum.reduceat(per_box, starts)
+      else:
+        best[m, where] = per_box[np.array(single)]
+  return best[:, inverse]
