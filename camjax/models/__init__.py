@@ -7,5 +7,6 @@ from camjax.models.base import POOLINGS, NotCamCompatible, PoolingHead, global_p
 from camjax.models.registry import create, names, register
 from camjax.models import small  # noqa: F401  (registers small_gap)
 from camjax.models import alexnet, googlenet, nin, vgg  # noqa: F401  (register the GAP zoo and baselines)
+from camjax.models import efficientnet_lite  # noqa: F401  (registers efficientnet_lite0..4)
 
 __all__ = ["POOLINGS", "NotCamCompatible", "PoolingHead", "create", "global_pool", "names", "register"]
