@@ -312,3 +312,34 @@ def test_bad_data_default_skips_train(tmp_path):
   builder = data.prepare("cub200_2011", str(tmp_path / "data"), manual_dir=manual)
   assert sorted(_all(builder, "train")) == sorted(expect["train"])
   assert data.read_bad_examples(builder)["counts"] == {"train": {"corrupt_image": 1}}
+
+
+def test_prepare_and_read_make_no_network_attempt(tmp_path, monkeypatch):
+  import socket
+
+  def refuse(*args, **kwargs):
+    raise AssertionError(f"network access attempted: {args[:2]}")
+
+  monkeypatch.setattr(socket.socket, "connect", refuse)
+  monkeypatch.setattr(socket, "getaddrinfo", refuse)
+  monkeypatch.setattr(socket, "create_connection", refuse)
+  cfg = shapes.ShapesConfig(name="offline", image_size=16, train=3, validation=2, test=2)
+  builder = data.prepare("camjax_shapes", str(tmp_path), config=cfg)
+  assert len(tfds.data_source("camjax_shapes/tiny", data_dir=str(tmp_path), try_gcs=False)["test"]) == 64
+  assert len(builder.as_data_source("train")) == 3
+
+
+def test_check_image_keeps_jpeg_and_converts_cmyk():
+  import io
+
+  from PIL import Image
+
+  rgb = fake.jpeg_bytes(20, 10, seed=1)
+  assert records.check_image(rgb) == (rgb, 10, 20)
+  buf = io.BytesIO()
+  Image.new("CMYK", (12, 8), (0, 255, 0, 0)).save(buf, format="JPEG")
+  stored, h, w = records.check_image(buf.getvalue())
+  with Image.open(io.BytesIO(stored)) as img:
+    assert (img.format, img.mode, img.size, (h, w)) == ("PNG", "RGB", (12, 8), (8, 12))
+  with pytest.raises(records.BadExample, match="corrupt_image"):
+    records.check_image(rgb[: len(rgb) // 2])
