@@ -23,6 +23,11 @@ def default_data_dir() -> str:
   return os.path.expanduser(os.environ.get(DATA_DIR_ENV) or os.path.join("~", "tensorflow_datasets"))
 
 
+def default_manual_dir(data_dir: str | None = None) -> str:
+  """Where ILSVRC / CUB downloads are looked for unless told: ``<data_dir>/downloads/manual`` (as in TFDS)."""
+  return os.path.join(os.path.expanduser(data_dir or default_data_dir()), "downloads", "manual")
+
+
 def builder_names() -> list[str]:
   return ["camjax_shapes", "ilsvrc2012_loc", "cub200_2011"]
 
@@ -63,20 +68,19 @@ def prepare(name: str = "camjax_shapes", data_dir: str | None = None, config: An
   """
   import tensorflow_datasets as tfds
 
+  data_dir = os.path.expanduser(data_dir or default_data_dir())
   builder = get_builder(name, data_dir, config, on_bad_data=on_bad_data)
   if not (builder.data_path / "dataset_info.json").exists():
-    dl_config = tfds.download.DownloadConfig(
-        manual_dir=os.path.expanduser(manual_dir) if manual_dir else None,
-        try_download_gcs=False,
-    )
+    manual_dir = os.path.expanduser(manual_dir or default_manual_dir(data_dir))
     if hasattr(builder, "check_manual_dir"):
-      builder.check_manual_dir(dl_config.manual_dir or os.path.join(builder._data_dir_root, "downloads", "manual"))
+      builder.check_manual_dir(manual_dir)
+    dl_config = tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False)
     builder.download_and_prepare(file_format="array_record", download_config=dl_config)
   return builder
 
 
 __all__ = [
-    "BadDataError", "builder_names", "default_data_dir", "get_builder", "normalized_to_pixel",
+    "BadDataError", "builder_names", "default_data_dir", "default_manual_dir", "get_builder", "normalized_to_pixel",
     "pixel_to_normalized", "prepare", "read_bad_examples", "records",
 ]
 

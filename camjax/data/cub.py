@@ -98,8 +98,8 @@ class Cub2002011(records.BuilderMixin, tfds.core.GeneratorBasedBuilder):
     """Fail with one line naming what is missing from ``manual``."""
     manual = os.fspath(manual)
     if not os.path.isdir(manual):
-      raise FileNotFoundError(f"cub200_2011: manual folder {manual} does not exist; pass --manual_dir or put the "
-                              "downloads there (see the README: CUB layout)")
+      raise FileNotFoundError(f"cub200_2011: manual folder {manual} does not exist; set manual_dir to the folder holding the downloads "
+                              "(see the README: CUB layout)")
     missing = []
     if self._source(manual) is None:
       missing.append(f"{ARCHIVE} or CUB_200_2011/")

@@ -145,8 +145,8 @@ class Ilsvrc2012Loc(records.BuilderMixin, tfds.core.GeneratorBasedBuilder):
     manual = os.fspath(manual)
     missing = []
     if not os.path.isdir(manual):
-      raise FileNotFoundError(f"ilsvrc2012_loc: manual folder {manual} does not exist; pass --manual_dir or put the "
-                              "downloads there (see the README: ImageNet layout)")
+      raise FileNotFoundError(f"ilsvrc2012_loc: manual folder {manual} does not exist; set manual_dir to the folder holding the downloads "
+                              "(see the README: ImageNet layout)")
     if self._synset_file(manual) is None:
       missing.append("LOC_synset_mapping.txt")
     if self.builder_config.layout == "official":
