@@ -17,13 +17,15 @@ the paper's 13x13 mapping resolution.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
 from flax import nnx
 
 from camjax.models.base import NotCamCompatible, PoolingHead, check_pooling
-from camjax.models.layers import Op, adaptive_avg_pool, check_images, flatten_chw, max_pool, min_input_size, scaled
+from camjax.models.layers import (
+    CONV_INIT, FC_INIT, Op, adaptive_avg_pool, check_images, flatten_chw, max_pool, min_input_size, scaled)
 from camjax.models.registry import register
 
 TORCH_NAMES = {
@@ -46,11 +48,12 @@ class AlexNetFeatures(nnx.Module):
 
   def __init__(self, *, width_mult: float = 1.0, in_channels: int = 3, dtype: Any = None, rngs: nnx.Rngs):
     c = [scaled(n, width_mult) for n in (64, 192, 384, 256, 256)]
-    self.conv1 = nnx.Conv(in_channels, c[0], (11, 11), strides=4, padding=2, dtype=dtype, rngs=rngs)
-    self.conv2 = nnx.Conv(c[0], c[1], (5, 5), padding=2, dtype=dtype, rngs=rngs)
-    self.conv3 = nnx.Conv(c[1], c[2], (3, 3), padding=1, dtype=dtype, rngs=rngs)
-    self.conv4 = nnx.Conv(c[2], c[3], (3, 3), padding=1, dtype=dtype, rngs=rngs)
-    self.conv5 = nnx.Conv(c[3], c[4], (3, 3), padding=1, dtype=dtype, rngs=rngs)
+    conv = functools.partial(nnx.Conv, dtype=dtype, kernel_init=CONV_INIT, rngs=rngs)
+    self.conv1 = conv(in_channels, c[0], (11, 11), strides=4, padding=2)
+    self.conv2 = conv(c[0], c[1], (5, 5), padding=2)
+    self.conv3 = conv(c[1], c[2], (3, 3), padding=1)
+    self.conv4 = conv(c[2], c[3], (3, 3), padding=1)
+    self.conv5 = conv(c[3], c[4], (3, 3), padding=1)
     self.out_channels = c[4]
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -83,12 +86,13 @@ class _AlexNetGapBase(nnx.Module):
     self.num_classes = num_classes
     self.features = AlexNetFeatures(width_mult=width_mult, in_channels=in_channels, dtype=dtype, rngs=rngs)
     cin = self.features.out_channels
+    conv = functools.partial(nnx.Conv, kernel_size=(3, 3), padding=1, dtype=dtype, kernel_init=CONV_INIT, rngs=rngs)
     extra = []
     for width in self.extra_widths:
-      extra.append(nnx.Conv(cin, scaled(width, width_mult), (3, 3), padding=1, dtype=dtype, rngs=rngs))
+      extra.append(conv(cin, scaled(width, width_mult)))
       cin = scaled(width, width_mult)
     self.extra = nnx.List(extra)
-    self.cam_conv = nnx.Conv(cin, scaled(1024, width_mult), (3, 3), padding=1, dtype=dtype, rngs=rngs)
+    self.cam_conv = conv(cin, scaled(1024, width_mult))
     self.head = PoolingHead(
         scaled(1024, width_mult), num_classes, pooling=pooling, use_bias=use_bias,
         dropout_rate=dropout_rate, dtype=dtype, rngs=rngs)
@@ -164,10 +168,10 @@ class AlexNet(nnx.Module):
     self.features = AlexNetFeatures(width_mult=width_mult, in_channels=in_channels, dtype=dtype, rngs=rngs)
     hidden = scaled(4096, width_mult)
     self.dropout6 = nnx.Dropout(dropout_rate, rngs=rngs)
-    self.fc6 = nnx.Linear(self.features.out_channels * 36, hidden, dtype=dtype, rngs=rngs)
+    self.fc6 = nnx.Linear(self.features.out_channels * 36, hidden, dtype=dtype, kernel_init=FC_INIT, rngs=rngs)
     self.dropout7 = nnx.Dropout(dropout_rate, rngs=rngs)
-    self.fc7 = nnx.Linear(hidden, hidden, dtype=dtype, rngs=rngs)
-    self.fc8 = nnx.Linear(hidden, num_classes, dtype=dtype, kernel_init=nnx.initializers.normal(0.01), rngs=rngs)
+    self.fc7 = nnx.Linear(hidden, hidden, dtype=dtype, kernel_init=FC_INIT, rngs=rngs)
+    self.fc8 = nnx.Linear(hidden, num_classes, dtype=dtype, kernel_init=FC_INIT, rngs=rngs)
     self.min_size = min_input_size(CONV5_OPS + (Op("pool", 3, 2),))
 
   def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:

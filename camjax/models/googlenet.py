@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from camjax.models.base import PoolingHead, check_pooling
-from camjax.models.layers import MaxPool, Op, check_images, max_pool, min_input_size, scaled
+from camjax.models.layers import CONV_INIT, MaxPool, Op, check_images, max_pool, min_input_size, scaled
 from camjax.models.registry import register
 
 # name: (ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj), in network order.
@@ -50,7 +50,7 @@ class BasicConv2d(nnx.Module):
   def __init__(self, cin: int, cout: int, kernel: int, *, strides: int = 1, padding: int = 0,
                dtype: Any = None, rngs: nnx.Rngs):
     self.conv = nnx.Conv(cin, cout, (kernel, kernel), strides=strides, padding=padding, use_bias=False,
-                         dtype=dtype, rngs=rngs)
+                         dtype=dtype, kernel_init=CONV_INIT, rngs=rngs)
     self.bn = nnx.BatchNorm(cout, epsilon=1e-3, momentum=0.9, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -144,7 +144,7 @@ class GoogLeNetGap(_GoogLeNetBase):
     self.num_classes = num_classes
     cin = self._build_backbone(width_mult, in_channels, dtype, rngs)
     width = scaled(1024, width_mult)
-    self.cam_conv = nnx.Conv(cin, width, (3, 3), padding=1, dtype=dtype, rngs=rngs)
+    self.cam_conv = nnx.Conv(cin, width, (3, 3), padding=1, dtype=dtype, kernel_init=CONV_INIT, rngs=rngs)
     self.head = PoolingHead(width, num_classes, pooling=pooling, use_bias=use_bias,
                             dropout_rate=dropout_rate, dtype=dtype, rngs=rngs)
     self.min_size = min_input_size(INCEPTION4E_OPS)

@@ -20,6 +20,12 @@ from jax import lax
 from flax import nnx
 
 
+# He-normal with fan-out for convs (what torchvision uses for VGG; keeps ReLU stacks without
+# BatchNorm trainable from scratch) and N(0, 0.01) for fully connected layers.
+CONV_INIT = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+FC_INIT = nnx.initializers.normal(0.01)
+
+
 def scaled(channels: int, width_mult: float) -> int:
   """Channel count times ``width_mult`` (at least 1); exact at ``width_mult=1``."""
   return max(1, int(round(channels * width_mult)))

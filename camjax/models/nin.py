@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from camjax.models.base import check_pooling, global_pool
-from camjax.models.layers import Op, check_images, max_pool, min_input_size, scaled
+from camjax.models.layers import CONV_INIT, Op, check_images, max_pool, min_input_size, scaled
 from camjax.models.registry import register
 
 CLASS_MAP_OPS = (Op("conv", 11, 4), Op("pool", 3, 2, 0, True), Op("pool", 3, 2, 0, True), Op("pool", 3, 2, 0, True))
@@ -65,7 +65,7 @@ class NIN(nnx.Module):
     for name, width, kernel, stride, padding in _LAYERS:
       cout = num_classes if width is None else scaled(width, width_mult)
       setattr(self, name, nnx.Conv(cin, cout, (kernel, kernel), strides=stride, padding=padding,
-                                   dtype=dtype, rngs=rngs))
+                                   dtype=dtype, kernel_init=CONV_INIT, rngs=rngs))
       cin = cout
     self.dropout = nnx.Dropout(dropout_rate, rngs=rngs)
     self.min_size = min_input_size(CLASS_MAP_OPS)

@@ -14,7 +14,8 @@ import jax
 from flax import nnx
 
 from camjax.models.base import NotCamCompatible, PoolingHead, check_pooling
-from camjax.models.layers import Op, adaptive_avg_pool, check_images, flatten_chw, max_pool, min_input_size, scaled
+from camjax.models.layers import (
+    CONV_INIT, FC_INIT, Op, adaptive_avg_pool, check_images, flatten_chw, max_pool, min_input_size, scaled)
 from camjax.models.registry import register
 
 # (stage, widths); a 2x2/2 max pool follows every stage (pool5 only in the baseline).
@@ -47,7 +48,8 @@ class VGG16Features(nnx.Module):
     cin = in_channels
     for name, width in zip(_conv_names(), (w for stage in VGG16_STAGES for w in stage)):
       width = scaled(width, width_mult)
-      setattr(self, name, nnx.Conv(cin, width, (3, 3), padding=1, dtype=dtype, rngs=rngs))
+      conv = nnx.Conv(cin, width, (3, 3), padding=1, dtype=dtype, kernel_init=CONV_INIT, rngs=rngs)
+      setattr(self, name, conv)
       cin = width
     self.out_channels = cin
 
@@ -87,7 +89,8 @@ class VGG16Gap(nnx.Module):
     self.num_classes = num_classes
     self.features = VGG16Features(width_mult=width_mult, in_channels=in_channels, dtype=dtype, rngs=rngs)
     width = scaled(1024, width_mult)
-    self.cam_conv = nnx.Conv(self.features.out_channels, width, (3, 3), padding=1, dtype=dtype, rngs=rngs)
+    self.cam_conv = nnx.Conv(self.features.out_channels, width, (3, 3), padding=1, dtype=dtype,
+                             kernel_init=CONV_INIT, rngs=rngs)
     self.head = PoolingHead(width, num_classes, pooling=pooling, use_bias=use_bias,
                             dropout_rate=dropout_rate, dtype=dtype, rngs=rngs)
     self.min_size = min_input_size(CONV5_OPS)
@@ -130,11 +133,11 @@ class VGG16(nnx.Module):
     self.num_classes = num_classes
     self.features = VGG16Features(width_mult=width_mult, in_channels=in_channels, dtype=dtype, rngs=rngs)
     hidden = scaled(4096, width_mult)
-    self.fc6 = nnx.Linear(self.features.out_channels * 49, hidden, dtype=dtype, rngs=rngs)
+    self.fc6 = nnx.Linear(self.features.out_channels * 49, hidden, dtype=dtype, kernel_init=FC_INIT, rngs=rngs)
     self.dropout6 = nnx.Dropout(dropout_rate, rngs=rngs)
-    self.fc7 = nnx.Linear(hidden, hidden, dtype=dtype, rngs=rngs)
+    self.fc7 = nnx.Linear(hidden, hidden, dtype=dtype, kernel_init=FC_INIT, rngs=rngs)
     self.dropout7 = nnx.Dropout(dropout_rate, rngs=rngs)
-    self.fc8 = nnx.Linear(hidden, num_classes, dtype=dtype, kernel_init=nnx.initializers.normal(0.01), rngs=rngs)
+    self.fc8 = nnx.Linear(hidden, num_classes, dtype=dtype, kernel_init=FC_INIT, rngs=rngs)
     self.min_size = min_input_size(CONV5_OPS + (Op("pool", 2, 2),))
 
   def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
