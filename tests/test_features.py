@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from camjax import cam, models
+from camjax.features.finegrained import cam_boxes
 from camjax.features import (FeatureSet, LinearHeadModel, array_batches, extract_features, fit_linear,
                              holdout_split, select_and_fit)
 
@@ -167,12 +168,16 @@ def test_extraction_is_identical_on_two_devices(tmp_path):
   script = textwrap.dedent(f"""
       import numpy as np, jax
       from camjax import models
-      from camjax.features import array_batches, extract_features
+      from camjax.features import LinearHeadModel, array_batches, extract_features
+      from camjax.features.finegrained import cam_boxes
       assert len(jax.devices()) == 2
       model = models.create("small_gap", num_classes=3, widths=(8, 16), blocks_per_stage=1, seed=0)
       images = np.random.default_rng(2).normal(0, 1, (7, 16, 16, 3)).astype(np.float32)
       fs = extract_features(model, array_batches(images, np.arange(7) % 3, 4))
       fs.save({str(tmp_path / 'two.npz')!r})
+      head = LinearHeadModel(model, np.eye(16, 3, dtype=np.float32), np.zeros(3, np.float32))
+      boxes = cam_boxes(head, array_batches(images, np.arange(7) % 3, 4), classes="true")
+      np.save({str(tmp_path / 'boxes.npy')!r}, boxes.boxes)
       """)
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
   subprocess.run([sys.executable, "-c", script], check=True, cwd=REPO, env=env, timeout=120)
@@ -182,3 +187,6 @@ def test_extraction_is_identical_on_two_devices(tmp_path):
   two = FeatureSet.load(str(tmp_path / "two.npz"))
   np.testing.assert_array_equal(two.indices, one.indices)
   np.testing.assert_allclose(two.features, one.features, rtol=1e-5, atol=1e-6)
+  head = LinearHeadModel(model, np.eye(16, 3, dtype=np.float32), np.zeros(3, np.float32))
+  boxes = cam_boxes(head, array_batches(images, np.arange(7) % 3, 4), classes="true")
+  np.testing.assert_array_equal(np.load(str(tmp_path / "boxes.npy")), boxes.boxes)

@@ -112,9 +112,25 @@ def _pool_step(graphdef, state, images, *, pooling: str):
 
 
 def replicate_model(model: nnx.Module, mesh: jax.sharding.Mesh) -> nnx.Module:
-  """Put every array of ``model`` on ``mesh``, replicated (in place; returns the model)."""
+  """Put the arrays of ``model`` on ``mesh`` (in place; returns the model).
+
+  Arrays already laid out on ``mesh`` (a restored, possibly model-parallel
+  checkpoint) stay as they are; everything else is replicated.
+  """
+  replicated = sharding.replicated(mesh)
+
+  def place(x):
+    if not isinstance(x, (jax.Array, np.ndarray)):
+      return x
+    if isinstance(x, jax.Array) and isinstance(x.sharding, jax.sharding.NamedSharding) and x.sharding.mesh == mesh:
+      return x
+    if jax.process_count() == 1 or jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+      return jax.device_put(x, replicated)
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, replicated, lambda index: host[index])
+
   state = nnx.state(model)
-  nnx.update(model, sharding.put_global(mesh, state, jax.tree.map(lambda _: sharding.replicated(mesh), state)))
+  nnx.update(model, jax.tree.map(place, state))
   return model
 
 
