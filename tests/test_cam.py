@@ -146,14 +146,11 @@ def test_every_zoo_model_gives_cams_at_full_size(name):
   graphdef, state = nnx.split(abstract)
   images = jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32)
   step = functools.partial(cam._cam_step, graphdef=graphdef, top_k=5, upsample=True, class_mode="top_k")
-  if not hasattr(abstract, "cam_weights"):
+  run = lambda s, x: step(state=s, images=x, class_ids=None)
+  if name in ("alexnet", "vgg16"):  # fully connected heads: CAM is undefined, Grad-CAM serves them
     with pytest.raises(NotCamCompatible):
-      cam.cam_weights(abstract)
+      jax.eval_shape(run, state, images)
     return
-  try:
-    cam.cam_weights(abstract)
-  except NotCamCompatible:
-    return
-  out = jax.eval_shape(lambda s, x: step(state=s, images=x, class_ids=None), state, images)
+  out = jax.eval_shape(run, state, images)
   assert out.logits.shape == (2, 1000)
   assert out.maps.shape[:2] == (2, 5) and out.upsampled.shape == (2, 5, size, size)

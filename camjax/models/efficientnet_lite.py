@@ -165,7 +165,7 @@ class EfficientNetLite(nnx.Module):
     self.name = variant
     self.num_classes = num_classes
     self.resolution = resolution
-    self.stages = scaled_stages(width, depth)
+    self.stages = tuple(scaled_stages(width, depth))  # hashable: graphdefs are static jit arguments
     self.stem_conv = nnx.Conv(in_channels, STEM_CHANNELS, (3, 3), strides=2, padding="SAME", use_bias=False,
                               dtype=dtype, rngs=rngs)
     self.stem_bn = _bn(STEM_CHANNELS, dtype, rngs)
