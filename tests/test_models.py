@@ -210,7 +210,7 @@ def test_gmp_and_gap_share_params_and_differ_in_output():
 
 def test_nin_class_maps_dropout_and_identity_cam():
   images = jnp.asarray(np.random.default_rng(2).uniform(size=(2, 64, 64, 3)), jnp.float32)
-  model = nnx.jit(functools.partial(models.create, "nin", num_classes=4, width_mult=1 / 16))()
+  model = materialize(abstract("nin", num_classes=4, width_mult=1 / 16))
   forward = nnx.jit(lambda m, x: m(x))
   model.train()
   (t1, _), (t2, _) = forward(model, images), forward(model, images)
@@ -239,3 +239,17 @@ def test_googlenet_gap_runs_in_train_and_eval():
   np.testing.assert_array_equal(e1, e2)
   assert not np.allclose(train_logits, e1)  # batch statistics vs running averages
   assert np.isfinite(np.asarray(e1)).all() and np.std(np.asarray(e1)) > 0
+
+
+@pytest.mark.parametrize("name", ["alexnet", "vgg16"])
+def test_fc_baselines_run_with_dropout_in_train_only(name):
+  model = materialize(abstract(name, num_classes=3, width_mult=1 / 16))
+  images = jnp.asarray(np.random.default_rng(4).uniform(size=(2, 64, 64, 3)), jnp.float32)
+  forward = nnx.jit(lambda m, x: m(x))
+  model.train()
+  t1, features = forward(model, images)
+  t2, _ = forward(model, images)
+  assert features.shape == ((2, 3, 3, 16) if name == "alexnet" else (2, 4, 4, 32))
+  assert not np.allclose(t1, t2)
+  model.eval()
+  np.testing.assert_array_equal(forward(model, images)[0], forward(model, images)[0])
