@@ -120,67 +120,238 @@ def wsol_boxes_at_level(q: np.ndarray, level: int, *, multi_contour: bool) -> np
   return _contour_boxes(contours, height, width)
 
 
+def _histogram(values: np.ndarray, bins: int, mask: np.ndarray | None = None) -> np.ndarray:
+  """Counts of the integers 0..bins-1 in a uint8/uint16 image (OpenCV: much faster than bincount)."""
+  return cv2.calcHist([values], [0], mask, [bins], [0, bins]).ravel()
+
+
+def euler_numbers(q: np.ndarray) -> np.ndarray:
+  """Euler number (8-connected foreground, 4-connected background) of ``q > L`` for L = 0..255.
+
+  Gray's bit-quad count over the 2x2 cells of the zero-padded map: E = (n1 - n3 - 2 nD) / 4.
+  A cell's foreground count only changes at its four values, so every level comes from a
+  few histograms of the cells' sorted values. (L = -1 is not covered: padding is 0.)
+  """
+  p = np.zeros((q.shape[0] + 2, q.shape[1] + 2), np.uint8)
+  p[1:-1, 1:-1] = q
+  a, b, c, d = p[:-1, :-1], p[:-1, 1:], p[1:, :-1], p[1:, 1:]
+  ab_lo, ab_hi = np.minimum(a, b), np.maximum(a, b)
+  cd_lo, cd_hi = np.minimum(c, d), np.maximum(c, d)
+  s1, s4 = np.minimum(ab_lo, cd_lo), np.maximum(ab_hi, cd_hi)
+  mid_lo, mid_hi = np.maximum(ab_lo, cd_lo), np.minimum(ab_hi, cd_hi)
+  s2, s3 = np.minimum(mid_lo, mid_hi), np.maximum(mid_lo, mid_hi)
+  # Two pixels above L for s2 <= L < s3: the two >= s3; diagonal when they are (a, d) or (b, c).
+  diag = (((a >= s3) & (d >= s3)) | ((b >= s3) & (c >= s3))) & (s2 < s3)
+  h1, h2, h3, h4 = (_histogram(x, 256) for x in (s1, s2, s3, s4))
+  mask = diag.view(np.uint8)
+  d2, d3 = _histogram(s2, 256, mask), _histogram(s3, 256, mask)
+  # A cell is in a state over the level interval [lo, hi): +1 at lo, -1 at hi.
+  delta = (h3 - h4) - (h1 - h2) - 2 * (d2 - d3)
+  return np.rint(np.cumsum(delta) / 4).astype(np.int64)
+
+
+def regional_maxima_values(q: np.ndarray) -> np.ndarray:
+  """Values (> 0) of the regional maxima of ``q`` (8-connected flat zones with no higher neighbour), descending.
+
+  Every 8-connected component of ``q > L`` (L >= 0) holds at least one regional maximum above L.
+  """
+  kernel = np.ones((3, 3), np.uint8)
+  top = (q == cv2.dilate(q, kernel)) & (q > 0)  # no strictly higher neighbour
+  lower = np.where(top, np.uint8(0), q)
+  # A flat zone of `top` pixels that touches an equal pixel with a higher neighbour is not maximal.
+  spoiled = top & (cv2.dilate(lower, kernel) == q)
+  n, labels = cv2.connectedComponents(top.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+  values = np.zeros(n, np.int64)
+  values[labels[top]] = q[top]
+  ok = np.ones(n, bool)
+  ok[0] = False
+  ok[labels[spoiled]] = False
+  return np.sort(values[ok])[::-1]
+
+
+def _component_count(hierarchy: np.ndarray | None, count: int) -> int:
+  """Outer borders = contours at even depth of the tree."""
+  if count == 0:
+    return 0
+  parent = hierarchy[0, :, 3]
+  outer = 0
+  for i in range(count):
+    depth, j = 0, parent[i]
+    while j >= 0:
+      depth += 1
+      j = parent[j]
+    outer += depth % 2 == 0
+  return outer
+
+
 def wsol_level_best_iou(scoremap: np.ndarray, gt_boxes: np.ndarray, cam_thresholds: np.ndarray,
-                        modes: tuple[bool, ...] = (True,)) -> np.ndarray:
+                        modes: tuple[bool, ...] = (True,), *, shortcut: bool = True) -> np.ndarray:
   """Best IoU (len(modes), T) of each CAM threshold's boxes against ``gt_boxes``.
 
   ``modes`` lists ``multi_contour`` flags; both modes come from the same contour call.
-  Work is one contour extraction per distinct binarization hit by the thresholds.
+  Work is at most one contour extraction per distinct binarization hit by the thresholds,
+  and none for levels proven to hold one component without holes (``shortcut``): there the
+  only border is the component's outer one and its box is the foreground's bounding box.
+  Proof: a level with at most one regional maximum above it, or inside a range without
+  new maxima below a level seen to be connected, has one component (C = 1); the Euler
+  number E = C - H then gives the hole count H.
   """
   height, width = scoremap.shape
   q = quantize(scoremap)
   max_level = int(q.max())
   levels = cam_levels(cam_thresholds, max_level)
-  # Canonical level: q > L equals q > (next present value above L) - 1; 255 means empty.
-  present = np.zeros(257, bool)
-  present[np.unique(q)] = True
-  present[256] = True
+  # Canonical level: q > L equals q > (next present value above L) - 1; >= max means empty.
+  present = np.append(_histogram(q, 256) > 0, True)
   next_present = np.flatnonzero(present)
   lv = np.clip(levels, -1, 255)
   canon = next_present[np.searchsorted(next_present, lv, side="right")] - 1
   distinct, inverse = np.unique(canon, return_inverse=True)
   nonempty = distinct < max_level
-  # Foreground crops of every distinct level at once.
-  rowmax = q.max(axis=1)
-  colmax = q.max(axis=0)
   work = distinct[nonempty]
-  rows = rowmax[None, :] > work[:, None]
-  cols = colmax[None, :] > work[:, None]
+  # Foreground crops (global bounding boxes) of every distinct level at once.
+  rows = q.max(axis=1)[None, :] > work[:, None]
+  cols = q.max(axis=0)[None, :] > work[:, None]
   y0 = rows.argmax(1)
   y1 = height - rows[:, ::-1].argmax(1)
   x0 = cols.argmax(1)
   x1 = width - cols[:, ::-1].argmax(1)
+  crops = list(zip(y0.tolist(), y1.tolist(), x0.tolist(), x1.tolist()))
+
+  find, tree, simple = cv2.findContours, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE
+  cache: dict[int, tuple] = {}
+
+  def contours_at(j: int) -> tuple:
+    if j not in cache:
+      a, b, c, d = crops[j]
+      binary = (q[a:b, c:d] > work[j]).view(np.uint8)
+      cache[j] = find(binary, tree, simple, offset=(c, a))
+    return cache[j]
+
+  # Levels whose boxes are proven without a contour call (see _proven_boxes).
+  proven: list[tuple[np.ndarray, np.ndarray]] = []
+  if shortcut and len(work) and work[0] >= 0:
+    proven = _proven_boxes(q, work, np.array(crops, np.int64).reshape(-1, 4), contours_at)
 
   gt = np.asarray(gt_boxes, np.int64)
   empty_iou = float(iou(_EMPTY_BOX, gt).max())
   best = np.full((len(modes), len(distinct)), empty_iou)
-  want_single = not all(modes)
-  rects: list[tuple[int, int, int, int]] = []
-  counts: list[int] = []
-  single: list[int] = []
-  find, bounding, area = cv2.findContours, cv2.boundingRect, cv2.contourArea
-  tree, simple = cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE
-  for level, a, b, c, d in zip(work.tolist(), y0.tolist(), y1.tolist(), x0.tolist(), x1.tolist()):
-    binary = (q[a:b, c:d] > level).view(np.uint8)
-    contours = find(binary, tree, simple, offset=(c, a))[0]
-    if want_single:
-      if len(contours) > 1:
+  where = np.flatnonzero(nonempty)
+  bounding, area = cv2.boundingRect, cv2.contourArea
+  for m, multi in enumerate(modes):
+    done = np.zeros(len(work), bool)
+    for idx, boxes in proven:
+      if multi or boxes.shape[1] == 1:  # the single-contour box is proven only with one component
+        per_box = iou(boxes.reshape(-1, 4), gt).max(axis=1).reshape(boxes.shape[:2])
+        best[m, where[idx]] = per_box.max(axis=1)
+        done[idx] = True
+    parts: list[np.ndarray] = []
+    counts: list[int] = []
+    todo = np.flatnonzero(~done)
+    for j in todo.tolist():
+      contours = contours_at(j)[0]
+      if not multi and len(contours) > 1:
         areas = [area(k) for k in contours]
-        single.append(len(rects) + areas.index(max(areas)))
-      else:
-        single.append(len(rects))
-    rects.extend(bounding(k) for k in contours)
-    counts.append(len(contours))
-  if rects:
-    r = np.array(rects, np.int64)
-    boxes = np.stack([r[:, 0], r[:, 1], np.minimum(r[:, 0] + r[:, 2], width - 1),
-                      np.minimum(r[:, 1] + r[:, 3], height - 1)], axis=1)
-    per_box = iou(boxes, gt).max(axis=1)
-    where = np.flatnonzero(nonempty)
-    for m, multi in enumerate(modes):
-      if multi:
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-        best[m, where] = np.maximum.reduceat(per_box, starts)
-      else:
-        best[m, where] = per_box[np.array(single)]
+        contours = (contours[areas.index(max(areas))],)
+      r = np.array([bounding(k) for k in contours], np.int64).reshape(-1, 4)
+      parts.append(r)
+      counts.append(len(r))
+    if parts:
+      r = np.concatenate(parts)
+      boxes = np.stack([r[:, 0], r[:, 1], np.minimum(r[:, 0] + r[:, 2], width - 1),
+                        np.minimum(r[:, 1] + r[:, 3], height - 1)], axis=1)
+      per_box = iou(boxes, gt).max(axis=1)
+      starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+      best[m, where[todo]] = np.maximum.reduceat(per_box, starts)
   return best[:, inverse]
+
+
+def _quirk(x0, y0, x1, y1, height: int, width: int) -> np.ndarray:
+  """Tight inclusive bounds -> the standard's ``(x, y, min(x + w, W - 1), min(y + h, H - 1))``."""
+  return np.stack([x0, y0, np.minimum(x1 + 1, width - 1), np.minimum(y1 + 1, height - 1)], axis=-1)
+
+
+def _proven_boxes(q: np.ndarray, work: np.ndarray, crops: np.ndarray, contours_at) -> list[tuple[np.ndarray, np.ndarray]]:
+  """Boxes of levels whose component structure is proven without their own contour call.
+
+  Facts used (levels L >= 0, ascending ``work``):
+  - every component of ``q > L`` holds a regional maximum above L, so between two "births"
+    (levels where a new maximum appears) the component count C can only fall as L falls;
+    runs of constant C are found by bisection on contour counts;
+  - in a run of constant C starting at level a, the components at L are those of level a
+    intersected with ``q > L`` (each still holds its maxima, and the count matches);
+  - the Euler number E = C - H gives the number of holes H; with H = 0 the borders are the
+    C outer borders, whose boxes are the components' bounding boxes (+1 quirk).
+  Returns (work indices, boxes (levels, C, 4)) groups; with C = 1 the box is also the
+  single-contour box (with C > 1 that choice needs contour areas, so it is not proven).
+  """
+  height, width = q.shape
+  maxima = regional_maxima_values(q)
+  above = (maxima[None, :] > work[:, None]).sum(1)
+  euler = euler_numbers(q)[work]
+  counts: dict[int, int] = {}
+
+  def count_at(j: int) -> int:
+    if j not in counts:
+      contours, hierarchy = contours_at(j)
+      counts[j] = _component_count(hierarchy, len(contours))
+    return counts[j]
+
+  runs: list[tuple[np.ndarray, int]] = []
+  for u in np.unique(above[above >= 1]).tolist():
+    idx = np.flatnonzero(above == u)
+    if u == 1:
+      runs.append((idx, 1))
+      continue
+    segments: list[tuple[int, int, int]] = []
+
+    def split(lo: int, hi: int) -> None:
+      clo, chi = count_at(int(idx[lo])), count_at(int(idx[hi]))
+      if clo == chi:
+        segments.append((lo, hi, clo))
+      elif hi - lo == 1:
+        segments.extend([(lo, lo, clo), (hi, hi, chi)])
+      else:
+        mid = (lo + hi) // 2
+        split(lo, mid)
+        split(mid, hi)
+
+    split(0, len(idx) - 1)
+    merged: list[list[int]] = []
+    for lo, hi, c in segments:
+      if merged and merged[-1][2] == c:
+        merged[-1][1] = max(merged[-1][1], hi)
+      elif merged and lo <= merged[-1][1]:
+        merged.append([merged[-1][1] + 1, hi, c])
+      else:
+        merged.append([lo, hi, c])
+    runs.extend((idx[lo:hi + 1], c) for lo, hi, c in merged if hi >= lo)
+
+  proven: list[tuple[np.ndarray, np.ndarray]] = []
+  for idx, c in runs:
+    ok = idx[euler[idx] == c]
+    if len(ok) == 0:
+      continue
+    if c == 1:
+      y0, y1, x0, x1 = crops[ok].T
+      proven.append((ok, _quirk(x0, y0, x1 - 1, y1 - 1, height, width)[:, None, :]))
+      continue
+    # Components of the run's lowest level, then their parts above each level of the run.
+    base = int(idx[0])
+    a, b, cc, d = crops[base].tolist()
+    qc = q[a:b, cc:d]
+    n, labels = cv2.connectedComponents((qc > work[base]).view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+    if n - 1 != c:  # cannot happen; stay exact by falling back to contours
+      continue
+    levels = work[ok][:, None]
+    per_component = []
+    for i in range(1, n):
+      part = np.where(labels == i, qc, np.uint8(0))
+      rows = part.max(axis=1)[None, :] > levels
+      cols = part.max(axis=0)[None, :] > levels
+      y0 = rows.argmax(1) + a
+      y1 = rows.shape[1] - 1 - rows[:, ::-1].argmax(1) + a
+      x0 = cols.argmax(1) + cc
+      x1 = cols.shape[1] - 1 - cols[:, ::-1].argmax(1) + cc
+      per_component.append(_quirk(x0, y0, x1, y1, height, width))
+    proven.append((ok, np.stack(per_component, axis=1)))  # (levels, c, 4)
+  return proven
