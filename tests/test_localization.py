@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from camjax import localization as loc
-from camjax.localization.boxes import wsol_boxes_at_level, wsol_level_best_iou, quantize, cam_levels
+import cv2
+from camjax.localization.boxes import (_component_count, cam_levels, euler_numbers, quantize,
+                                     regional_maxima_values, wsol_boxes_at_level, wsol_level_best_iou)
 
 
 def wsol(m, tau, multi=False):
@@ -147,8 +149,8 @@ def _random_maps(rng, n, size):
   yy, xx = np.mgrid[:size, :size]
   for k in range(n):
     kind = k % 4
-    if kind == 0:  # smooth sum of Gaussians
-      s = sum(rng.uniform(0.2, 1) * np.exp(-((yy - rng.uniform(0, size)) ** 2 + (xx - rng.uniform(0, size)) ** 2)
+    if kind == 0:  # smooth sum of Gaussians, several peaks
+      s = sum(rng.uniform(-0.3, 1) * np.exp(-((yy - rng.uniform(0, size)) ** 2 + (xx - rng.uniform(0, size)) ** 2)
                                           / (2 * rng.uniform(2, size / 3) ** 2)) for _ in range(4))
     elif kind == 1:  # noise: many components and holes
       s = rng.random((size, size))
@@ -162,20 +164,34 @@ def _random_maps(rng, n, size):
 
 
 @pytest.mark.parametrize("multi", [True, False])
-def test_level_sweep_equals_per_threshold_sweep(multi):
+@pytest.mark.parametrize("thresholds", [np.arange(0, 1, 0.011), np.array([-0.2, 0.0, 0.3, 0.999, 1.0, 1.5])])
+def test_level_sweep_equals_per_threshold_sweep(multi, thresholds):
   rng = np.random.default_rng(0)
-  thresholds = np.concatenate([np.arange(0, 1, 0.013), [-0.2, 0.999, 1.0, 1.5]])
-  for m in _random_maps(rng, 16, 24):
+  for m in _random_maps(rng, 16, 24) + _random_maps(rng, 2, 64):
     h, w = m.shape
     x0, y0 = rng.integers(0, w // 2, 2)
     gt = np.array([[x0, y0, rng.integers(x0, w), rng.integers(y0, h)], [0, 0, w - 1, h - 1]])
     q = quantize(m)
     levels = cam_levels(thresholds, int(q.max()))
     ref = np.array([loc.iou(wsol_boxes_at_level(q, int(lv), multi_contour=multi), gt).max() for lv in levels])
-    fast = wsol_level_best_iou(m, gt, thresholds, (multi,))[0]
-    np.testing.assert_array_equal(fast, ref)
+    for shortcut in (True, False):
+      fast = wsol_level_best_iou(m, gt, thresholds, (multi,), shortcut=shortcut)[0]
+      np.testing.assert_array_equal(fast, ref)
     both = wsol_level_best_iou(m, gt, thresholds, (True, False))
     np.testing.assert_array_equal(both[0 if multi else 1], ref)
+
+
+def test_euler_numbers_and_regional_maxima_match_contours():
+  rng = np.random.default_rng(3)
+  for m in _random_maps(rng, 12, 20):
+    q = quantize(m)
+    euler = euler_numbers(q)
+    maxima = regional_maxima_values(q)
+    for level in range(int(q.max())):
+      contours, hierarchy = cv2.findContours((q > level).view(np.uint8), cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)
+      outer = _component_count(hierarchy, len(contours))
+      assert euler[level] == outer - (len(contours) - outer)
+      assert outer <= (maxima > level).sum()  # each component holds a regional maximum above the level
 
 
 def test_accumulator_streams_merges_and_parallel_is_identical():

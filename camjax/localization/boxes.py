@@ -229,8 +229,11 @@ def wsol_level_best_iou(scoremap: np.ndarray, gt_boxes: np.ndarray, cam_threshol
 
   # Levels whose boxes are proven without a contour call (see _proven_boxes).
   proven: list[tuple[np.ndarray, np.ndarray]] = []
-  if shortcut and len(work) and work[0] >= 0:
-    proven = _proven_boxes(q, work, np.array(crops, np.int64).reshape(-1, 4), contours_at)
+  skip = int(np.searchsorted(work, 0))  # level -1 (negative thresholds: all foreground) is left out
+  if shortcut and len(work) > skip:
+    proven = [(idx + skip, boxes) for idx, boxes in
+              _proven_boxes(q, work[skip:], np.array(crops[skip:], np.int64).reshape(-1, 4),
+                            lambda j: contours_at(j + skip))]
 
   gt = np.asarray(gt_boxes, np.int64)
   empty_iou = float(iou(_EMPTY_BOX, gt).max())
