@@ -178,7 +178,8 @@ def figure(result: ImageResult, class_names: Sequence[str] | None, *, alpha: flo
       return f"class {cid}"
     return class_names[cid].split(",")[0].strip()
 
-  return viz.topk_figure(result.image, list(result.cams()), [short(int(c)) for c in result.class_ids],
+  # Feature-resolution maps: the figure resizes them (bilinear) to its tiles.
+  return viz.topk_figure(result.image, list(result.maps), [short(int(c)) for c in result.class_ids],
                          [float(p) for p in result.probs], pred_boxes=result.boxes, alpha=alpha, cmap=cmap,
                          tile=tile, title=os.path.basename(result.path))
 

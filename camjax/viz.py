@@ -37,12 +37,12 @@ def colormap(values: np.ndarray, name: str = "jet") -> np.ndarray:
   ``jet``: piecewise linear blue-cyan-yellow-red, each channel ``clip(1.5 - |4x - c|)``
   with c = 3, 2, 1 for R, G, B. ``turbo``: its perceptually smoother successor.
   """
-  x = np.clip(np.asarray(values, np.float64), 0.0, 1.0)
+  x = np.clip(np.asarray(values, np.float32), 0.0, 1.0)
   if name == "jet":
     rgb = np.stack([np.clip(1.5 - np.abs(4.0 * x - c), 0.0, 1.0) for c in (3.0, 2.0, 1.0)], axis=-1)
   elif name == "turbo":
     powers = np.stack([x ** i for i in range(6)], axis=-1)
-    rgb = np.clip(powers @ _TURBO.T, 0.0, 1.0)
+    rgb = np.clip(powers @ _TURBO.T.astype(np.float32), 0.0, 1.0)
   elif name == "gray":
     rgb = np.repeat(x[..., None], 3, axis=-1)
   else:
@@ -184,11 +184,12 @@ def topk_figure(image: Any, cams: Sequence[np.ndarray], class_names: Sequence[st
                               (b[:, 2] + 1) * size[1] / w - 1, (b[:, 3] + 1) * size[0] / h - 1], axis=1))
 
   first = fit(img)
+  small = first
   if gt_boxes is not None:
     first = draw_boxes(first, scaled_boxes(gt_boxes), color=GT_COLOR, width=2)
   tiles, captions = [first], [title or "input"]
   for k, (cam, name, score) in enumerate(zip(cams, class_names, scores)):
-    t = fit(overlay(img, cam, alpha=alpha, cmap=cmap))
+    t = overlay(small, cam, alpha=alpha, cmap=cmap)  # drawn at tile size: cheap for large photos
     if gt_boxes is not None:
       t = draw_boxes(t, scaled_boxes(gt_boxes), color=GT_COLOR, width=2)
     if pred_boxes is not None and pred_boxes[k] is not None and len(np.asarray(pred_boxes[k]).reshape(-1)):
@@ -237,11 +238,15 @@ def class_units_figure(features: np.ndarray, images: Sequence[Any], kernel: np.n
   return image_grid(tiles, ncols=top_images, captions=captions, tile=(tile, tile)), units
 
 
-def save_png(image: Any, path: str | os.PathLike) -> str:
-  """Write a uint8 RGB array as PNG, creating the directory."""
+def save_png(image: Any, path: str | os.PathLike, *, compress_level: int = 1) -> str:
+  """Write a uint8 RGB array as PNG, creating the directory.
+
+  zlib level 1 by default: photos overlaid with heat maps barely compress
+  further, and level 6 costs about three times as long.
+  """
   path = os.fspath(path)
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  Image.fromarray(_as_image(image)).save(path, format="PNG")
+  Image.fromarray(_as_image(image)).save(path, format="PNG", compress_level=compress_level)
   return path
 
 
