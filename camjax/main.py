@@ -131,7 +131,7 @@ def run(config: Any, workdir: str, mode: str) -> dict:
   """Train and/or evaluate; returns the evaluation results (empty for --mode=train)."""
   import jax
 
-  from camjax import eval_loop, train
+  from camjax import train
 
   validate_config(config, num_devices=jax.device_count(), mode=mode)
   os.makedirs(workdir, exist_ok=True)
@@ -146,6 +146,8 @@ def run(config: Any, workdir: str, mode: str) -> dict:
   else:
     result = train.restore_for_eval(config, workdir)
   if mode in ("eval", "train_and_eval"):
+    from camjax import eval_loop
+
     results = eval_loop.evaluate(result, config, workdir)
   return results
 

@@ -194,6 +194,21 @@ def make_optimizer(config: Any, params: dict, num_steps: int) -> tuple[optax.Gra
 # ----------------------------------------------------------------------------- pretrained weights
 
 
+TORCH_SUFFIXES = (".pth", ".pt", ".pth.tar", ".bin")
+
+
+def pretrained_format(config: Any) -> str | None:
+  """None (no pretrained weights), 'camjax' (a camjax checkpoint) or 'torchvision' (a .pth file)."""
+  path, fmt = config.pretrained.path, config.pretrained.format
+  if not path:
+    return None
+  if fmt == "auto":
+    return "torchvision" if path.endswith(TORCH_SUFFIXES) else "camjax"
+  if fmt not in ("camjax", "torchvision"):
+    raise ValueError(f"pretrained.format must be auto, camjax or torchvision, got {fmt!r}")
+  return fmt
+
+
 def _find_state_dir(path: str) -> str:
   """The 'state' item of a checkpoint given a workdir, its checkpoints dir, or one step dir."""
   path = os.path.abspath(os.path.expanduser(path))
@@ -402,10 +417,16 @@ class _Preemption:
 def init_state(config: Any, mesh, num_steps: int) -> tuple[dict, dict, ModelDef, optax.GradientTransformation, optax.Schedule]:
   """Fresh (or pretrained) sharded state, its shardings, the model definition and optimizer."""
   model = build_model(config)
+  fmt = pretrained_format(config)
+  if fmt == "torchvision":
+    from camjax import weights
+
+    weights.load_pretrained(model, os.path.expanduser(config.pretrained.path))
+    log.info("loaded ImageNet weights from %s", config.pretrained.path)
   model_def = ModelDef(model)
   params, stats, other = model_def.split(model)
   del model
-  if config.pretrained.path:
+  if fmt == "camjax":
     params, stats, loaded = load_pretrained(config, params, stats)
     log.info("loaded %d arrays from %s", len(loaded), config.pretrained.path)
   tx, schedule = make_optimizer(config, params, num_steps)

@@ -80,7 +80,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.mesh.model = 1
 
   c.pretrained = ml_collections.ConfigDict()
-  c.pretrained.path = ""  # a camjax workdir or checkpoint step directory
+  c.pretrained.path = ""  # a camjax workdir / checkpoint step dir, or a torchvision .pth file
+  c.pretrained.format = "auto"  # auto (by path) | camjax | torchvision (via camjax.weights)
   c.pretrained.load = (".*",)  # regexes on parameter paths to copy from it
   c.pretrained.skip = ()  # regexes of parameters NOT to copy (e.g. a classifier of another size)
   c.pretrained.freeze = ()  # regexes of parameters that get zero updates
