@@ -214,6 +214,9 @@ def class_units_figure(features: np.ndarray, images: Sequence[Any], kernel: np.n
   """Class-specific units (paper Sec. 5): the units with the largest weights for ``class_id``
   and, for each (one row), its activation map on the images that activate it most.
 
+  A row's maps share one colour scale (the unit's largest activation there);
+  the first tile names the unit and its weight, the others the image index and peak.
+
   Args:
     features: (N, h, w, K) maps of the layer feeding global pooling.
     images: N uint8 images.
@@ -231,10 +234,12 @@ def class_units_figure(features: np.ndarray, images: Sequence[Any], kernel: np.n
   top_images = min(top_images, features.shape[0])
   for unit in units:
     best = np.argsort(-peak[:, unit], kind="stable")[:top_images]
+    scale = max(float(peak[best[0], unit]), 1e-12)  # one scale per unit: weaker images look weaker
     for j, n in enumerate(best):
       img = _as_image(images[n])
-      tiles.append(overlay(img, features[n, :, :, unit], alpha=alpha, cmap=cmap))
-      captions.append(f"unit {unit} w={weights[unit]:.3f}" if j == 0 else f"image {n} max={peak[n, unit]:.2f}")
+      tiles.append(overlay(img, np.clip(features[n, :, :, unit] / scale, 0.0, 1.0), alpha=alpha, cmap=cmap,
+                           normalize=False))
+      captions.append(f"unit {unit} w={weights[unit]:.2f}" if j == 0 else f"#{n} max={peak[n, unit]:.2f}")
   return image_grid(tiles, ncols=top_images, captions=captions, tile=(tile, tile)), units
 
 
