@@ -343,6 +343,9 @@ def _grain_iterator(dataset, worker_count: int, buffer: int, read_threads: int):
       num_threads=read_threads, prefetch_buffer_size=max(buffer, read_threads)))
   if worker_count > 0:
     _ensure_flags_parsed()
+    # Only images and masks are worth a shared-memory segment; small arrays pickle.
+    ds = grain.experimental.WithOptionsIterDataset(
+        ds, grain.experimental.DatasetOptions(min_shm_size=16384))
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=worker_count, per_worker_buffer_size=max(2, buffer // worker_count)))
   return iter(ds)
