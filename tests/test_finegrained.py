@@ -197,6 +197,7 @@ def test_discovery_ranks_pattern_images_first(tmp_path):
     assert json.load(fh)["ranking"][0]["file"] == ranking[0]["file"]
   cam = np.load(os.path.join(out, ranking[0]["cam"]))
   assert cam.shape == (28, 28) and os.path.exists(os.path.join(out, ranking[0]["overlay"]))
+  assert os.path.exists(os.path.join(out, result["figure"]))
   # The detector score of an image is mean(CAM) + bias: the map explains the score.
   bias = np.load(os.path.join(out, "detector.npz"))["bias"][0]
   np.testing.assert_allclose(cam.mean() + bias, ranking[0]["score"], rtol=1e-3, atol=1e-3)

@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 from PIL import Image
 
-from camjax import cam
+from camjax import cam, viz
 from camjax.features.extraction import array_batches, extract_features, model_pooling
 from camjax.features.linear import LinearHeadModel, select_and_fit
 
@@ -59,21 +59,6 @@ def load_images(paths: Sequence[str], image_size: int, mean, std) -> tuple[np.nd
   if not kept:
     return np.zeros((0, size, size, 3), np.float32), np.zeros((0, size, size, 3), np.uint8), kept, bad
   return np.stack(floats), np.stack(raw), kept, bad
-
-
-def overlay(image: np.ndarray, heat: np.ndarray, box: np.ndarray | None = None, alpha: float = 0.5) -> np.ndarray:
-  """A heat map (max-normalized, jet colours) blended over a uint8 image, with an optional box."""
-  import cv2
-
-  h = np.asarray(heat, np.float32)
-  h = np.clip(h / h.max(), 0, 1) if h.max() > 0 else np.zeros_like(h)
-  colours = cv2.applyColorMap((255 * h).astype(np.uint8), cv2.COLORMAP_JET)[:, :, ::-1]
-  out = ((1 - alpha) * image.astype(np.float32) + alpha * colours.astype(np.float32)).astype(np.uint8)
-  if box is not None:
-    x0, y0, x1, y1 = (int(v) for v in box)
-    out = np.ascontiguousarray(out)
-    cv2.rectangle(out, (x0, y0), (x1, y1), (0, 255, 0), 1)
-  return out
 
 
 def _features(model, images, batch_size):
@@ -129,6 +114,7 @@ def discover(
   head = LinearHeadModel(model, kernel, bias, pooling=pooling)
   top_rows = order[: max(0, int(top))]
   ranking = []
+  pictures = []
   maps = None
   if top_rows.size:
     out = cam.class_activation_maps(head, rank_x[top_rows], class_ids=np.zeros(top_rows.size, np.int32),
@@ -142,7 +128,9 @@ def discover(
       stem = f"{position + 1:04d}_{os.path.splitext(os.path.basename(rank_paths[row]))[0]}"
       box = box_from_cam(maps[position], threshold)
       np.save(os.path.join(output, stem + "_cam.npy"), maps[position].astype(np.float32))
-      Image.fromarray(overlay(rank_raw[row], maps[position], box)).save(os.path.join(output, stem + "_cam.png"))
+      picture = viz.draw_boxes(viz.overlay(rank_raw[row], maps[position]), box[None], width=1)
+      viz.save_png(picture, os.path.join(output, stem + "_cam.png"))
+      pictures.append(picture)
       entry.update(cam=stem + "_cam.npy", overlay=stem + "_cam.png", box=[int(v) for v in box])
     ranking.append(entry)
   result = {
@@ -156,6 +144,10 @@ def discover(
   if truth and truth[0] is not None and ranking:
     k = min(len(pos_paths), len(ranking))
     result["precision_at_num_positives"] = float(np.mean([r["positive"] for r in ranking[:k]]))
+  if pictures:
+    captions = [f"#{r['rank']} {r['score']:.2f}" for r in ranking[:len(pictures)]]
+    viz.save_png(viz.image_grid(pictures, captions=captions), os.path.join(output, "top_cams.png"))
+    result["figure"] = "top_cams.png"
   np.savez(os.path.join(output, "detector.npz"), kernel=kernel.astype(np.float32), bias=bias.astype(np.float32))
   with open(os.path.join(output, RANKING_FILE), "w") as fh:
     json.dump(result, fh, indent=2)

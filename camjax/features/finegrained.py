@@ -260,26 +260,34 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
+def _deep_update(dst: dict, src: Mapping[str, Any], replace: tuple[str, ...] = ()) -> None:
+  for key, value in src.items():
+    if isinstance(value, Mapping) and isinstance(dst.get(key), dict) and key not in replace:
+      _deep_update(dst[key], value)
+    else:
+      dst[key] = tuple(value) if isinstance(value, list) and isinstance(dst.get(key), tuple) else value
+
+
 def backbone_training_config(config: Any) -> Any:
   """``config`` with the model, optimizer and training sections of the backbone's own run.
 
   ``camjax.main`` writes ``WORKDIR/config.json``; restoring a checkpoint needs the
   network and optimizer it was trained with, whatever overrides that run used.
-  The data and features sections stay those of ``config``.
+  Fields the saved run does not mention keep this config's values; the data and
+  features sections stay those of ``config``.
   """
   import ml_collections
 
-  merged = config.copy_and_resolve_references()
+  merged = config.to_dict()
   path = os.path.join(config.backbone_workdir, "config.json") if config.backbone_workdir else ""
-  with merged.unlocked():
-    if path and os.path.isfile(path):
-      with open(path) as fh:
-        saved = json.load(fh)
-      for section in ("model", "optimizer", "training", "pretrained"):
-        if section in saved:
-          merged[section] = ml_collections.ConfigDict(saved[section])
-    merged.pretrained.path = ""  # the checkpoint holds every weight; do not re-import pretrained ones
-  return merged
+  if path and os.path.isfile(path):
+    with open(path) as fh:
+      saved = json.load(fh)
+    for section in ("model", "optimizer", "training", "pretrained"):
+      if isinstance(saved.get(section), Mapping):
+        _deep_update(merged.setdefault(section, {}), saved[section], replace=("overrides",))
+  merged["pretrained"]["path"] = ""  # the checkpoint holds every weight; do not re-import pretrained ones
+  return ml_collections.ConfigDict(merged)
 
 
 def _saved_data_name(workdir: str) -> str:
@@ -379,10 +387,10 @@ def _align(a: FeatureSet, indices: np.ndarray) -> FeatureSet:
   return a.subset(np.flatnonzero(np.isin(a.indices, indices)))
 
 
-def _fit(config: Any, train: FeatureSet, val: FeatureSet | None, num_classes: int) -> Selection:
+def _fit(config: Any, train: FeatureSet, val: FeatureSet | None, num_classes: int, loss: str | None = None) -> Selection:
   f = config.features
   return select_and_fit(
-      train.features, train.labels, num_classes=num_classes, loss=f.classifier, grid=tuple(f.C_grid),
+      train.features, train.labels, num_classes=num_classes, loss=loss or f.classifier, grid=tuple(f.C_grid),
       val_features=None if val is None else val.features, val_labels=None if val is None else val.labels,
       holdout_fraction=float(f.holdout_fraction), seed=int(f.seed), max_iter=int(f.max_iter))
 
@@ -441,6 +449,9 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
   if head_logits_ok:
     result["head_accuracy"] = full["test"].head_accuracy()
     result["linear_minus_head"] = rows[0]["accuracy"] - result["head_accuracy"]
+  if f.classifier != "softmax":  # the head's own loss on the same features: how far the head is from optimal
+    soft = _fit(config, full["train"], full.get("val"), num_classes, loss="softmax").classifier
+    result["full_softmax_regression_accuracy"] = soft.accuracy(full["test"].features, full["test"].labels)
 
   # 2. Crops to the CAM box of the fitted classifier.
   if "cam_crop" in f.rows:
@@ -500,6 +511,8 @@ def format_table(result: Mapping[str, Any]) -> str:
     lines.append(f"{row['row']:<22s} {100 * row['accuracy']:8.2f}% {row['C']:7g}")
   if result.get("localization_rate") is not None:
     lines.append(f"localization rate (test CAM boxes with IoU >= 0.5): {100 * result['localization_rate']:.2f}%")
+  if result.get("full_softmax_regression_accuracy") is not None:
+    lines.append(f"softmax regression on full-image features: {100 * result['full_softmax_regression_accuracy']:.2f}%")
   if result.get("head_accuracy") is not None:
     lines.append(f"trained softmax head on full images: {100 * result['head_accuracy']:.2f}% "
                  f"(linear {result['classifier']} - head = {100 * result['linear_minus_head']:+.2f} points)")
