@@ -42,7 +42,7 @@ def _assert_aligned(out: T.Example, min_extent: float):
     return
   assert from_image is not None and from_mask is not None
   np.testing.assert_allclose(out.boxes[0], from_image, atol=1)
-  np.testing.assert_allclose(out.boxes[0], from_mask, atol=1)
+  np.testing.assert_array_equal(out.boxes[0], from_mask)  # same rule, exactly
   np.testing.assert_array_equal(out.image[:, :, 0] > 127, out.image[:, :, 2] > 127)
 
 

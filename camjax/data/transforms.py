@@ -8,7 +8,8 @@ an output grid", so the image, the mask and the boxes move together:
 
 - The image is resampled with PIL's bilinear filter (antialiased when
   shrinking) and the mask with nearest neighbour, both with pixel-centre
-  alignment: output pixel u samples input position l + (u + 0.5) / s.
+  alignment: output pixel u samples input position l + (u + 0.5) / s. The
+  mask follows exactly the rule the boxes follow, ties included.
 - A box covers the extent [x0, x1 + 1). It maps to [(x0 - l) s, (x1 + 1 - l) s)
   and back to inclusive integers by keeping the output pixels whose centres fall
   inside that extent: x0' = ceil(lo - 1/2), x1' = ceil(hi - 1/2) - 1. That is
@@ -158,10 +159,20 @@ def crop_resize(ex: Example, region: Sequence[float], out_size: tuple[int, int])
       (out_w, out_h), Image.BILINEAR, box=box))
   mask = None
   if ex.mask is not None:
-    mask = np.asarray(Image.fromarray(ex.mask).resize(
-        (out_w, out_h), Image.NEAREST, box=box))
+    rows = _nearest(box[1], box[3], out_h, ex.mask.shape[0])
+    cols = _nearest(box[0], box[2], out_w, ex.mask.shape[1])
+    mask = ex.mask[rows[:, None], cols[None, :]]
   boxes, _ = map_boxes(ex.boxes, box, out_size)
   return Example(image, boxes, mask)
+
+
+def _nearest(start: float, stop: float, n_out: int, n_in: int) -> np.ndarray:
+  """Source pixel of each output pixel centre: floor(start + (u + 1/2) (stop - start) / n_out).
+
+  Ties go to the pixel on the right, matching the half-open extents of `map_boxes`.
+  """
+  centres = start + (np.arange(n_out) + 0.5) * (stop - start) / n_out
+  return np.clip(np.floor(centres + _EPS), 0, n_in - 1).astype(np.int64)
 
 
 def horizontal_flip(ex: Example) -> Example:
