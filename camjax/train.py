@@ -267,8 +267,8 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, sched
     logits, _ = model(images.astype(dtype))
     logits = logits.astype(jnp.float32)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    if nan_step >= 0:
-      loss = jnp.where(step == nan_step, loss * jnp.nan, loss)
+    if nan_step >= 0:  # tests only: the loss of step number nan_step (1-based) becomes NaN
+      loss = loss * jnp.where(step + 1 == nan_step, jnp.nan, 1.0)
     _, new_stats, new_other = model_def.split(model)
     correct = jnp.sum(jnp.argmax(logits, -1) == labels)
     return loss, (correct, new_stats, new_other)
@@ -453,10 +453,13 @@ def _restore_data(iterator: Any, data: dict | None, step: int) -> None:
                 step, data.get("process_count"), jax.process_count())
 
 
-def train(config: Any, workdir: str) -> TrainResult:
-  """Train (or resume) the config in ``workdir``; returns the final state for evaluation."""
+def train(config: Any, workdir: str, *, devices: list | None = None) -> TrainResult:
+  """Train (or resume) the config in ``workdir``; returns the final state for evaluation.
+
+  ``devices`` restricts the mesh to some devices (default: all devices of all processes).
+  """
   os.makedirs(workdir, exist_ok=True)
-  mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
+  mesh = sharding.make_mesh(config.mesh.data, config.mesh.model, devices)
   local_batch = sharding.host_local_batch_size(config.training.global_batch_size, mesh)
   accum = config.training.grad_accum_steps
   if accum < 1 or (config.training.global_batch_size // mesh.shape[sharding.DATA]) % accum:

@@ -72,7 +72,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.training.checkpoint_every = 1000
   c.training.keep_checkpoints = 3
   c.training.progress_bar = True
-  c.training.debug_nan_at_step = -1  # tests only: make the loss NaN at this step
+  c.training.debug_nan_at_step = -1  # tests only: make the loss of this step number (1-based) NaN
   c.training.debug_step_delay = 0.0  # tests only: seconds to sleep after each step
 
   c.mesh = ml_collections.ConfigDict()

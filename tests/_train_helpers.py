@@ -1,0 +1,83 @@
+"""Helpers shared by the training, sharding and multi-host tests: run the CLI, read checkpoints."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "configs", "test_tiny.py")
+
+
+def env(devices: int = 1, **extra: str) -> dict:
+  e = dict(os.environ)
+  e["JAX_PLATFORMS"] = "cpu"
+  e["PYTHONPATH"] = ROOT + os.pathsep + e.get("PYTHONPATH", "")
+  flags = [f for f in e.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
+  if devices > 1:
+    flags.append(f"--xla_force_host_platform_device_count={devices}")
+  e["XLA_FLAGS"] = " ".join(flags)
+  e.update(extra)
+  return e
+
+
+def cli(workdir: str, *overrides: str, config: str = TINY, mode: str = "train") -> list[str]:
+  return [sys.executable, "-m", "camjax.main", f"--config={config}", f"--workdir={workdir}", f"--mode={mode}",
+          *overrides]
+
+
+def run(args: list[str], devices: int = 1, timeout: float = 240, **extra: str) -> subprocess.CompletedProcess:
+  return subprocess.run(args, cwd=ROOT, env=env(devices, **extra), capture_output=True, text=True, timeout=timeout)
+
+
+def start(args: list[str], devices: int = 1, **extra: str) -> subprocess.Popen:
+  return subprocess.Popen(args, cwd=ROOT, env=env(devices, **extra), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(path: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+  """Until ``path`` exists (or fail if the process ends first)."""
+  deadline = time.monotonic() + timeout
+  while not os.path.exists(path):
+    if proc.poll() is not None:
+      raise AssertionError(f"process ended (rc={proc.returncode}) before {path} appeared:\n{proc.stdout.read()}")
+    if time.monotonic() > deadline:
+      proc.kill()
+      raise AssertionError(f"{path} did not appear")
+    time.sleep(0.05)
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+  d = os.path.join(workdir, "checkpoints")
+  return sorted(int(n) for n in os.listdir(d) if n.isdigit()) if os.path.isdir(d) else []
+
+
+def read_state(workdir: str, step: int | None = None) -> dict:
+  """The saved train state of a step (default: latest) as numpy arrays, keyed 'params/...'."""
+  import jax
+  import orbax.checkpoint as ocp
+
+  step = checkpoint_steps(workdir)[-1] if step is None else step
+  tree = ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "state"))
+  flat = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    flat["/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)] = np.asarray(leaf)
+  return flat
+
+
+def assert_bitwise_equal(a: dict, b: dict) -> None:
+  assert sorted(a) == sorted(b)
+  for k in a:
+    assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
+    assert a[k].tobytes() == b[k].tobytes(), f"{k} differs"
+
+
+def losses(workdir: str) -> dict[int, float]:
+  """Loss per step from metrics.jsonl (the last record wins when a resumed run repeats a step)."""
+  from camjax.metrics_writer import read_metrics
+
+  return {r["step"]: r["loss"] for r in read_metrics(workdir, "train")}

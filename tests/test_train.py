@@ -1,0 +1,202 @@
+"""The training loop: optimizer groups, accumulation, resume bit for bit, preemption, NaN, corrupt checkpoints."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import _train_helpers as h
+from camjax import sharding, train
+from camjax.metrics_writer import read_metrics
+from configs import test_tiny
+
+
+def tiny(**changes):
+  c = test_tiny.get_config()
+  for key, value in changes.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = getattr(node, p)
+    setattr(node, leaf, value)
+  return c
+
+
+# ---------------------------------------------------------------- optimizer
+
+
+def test_param_groups_new_layers_frozen_and_decay_mask():
+  c = tiny(**{"pretrained.freeze": ("blocks/0/.*",), "optimizer.new_layer_patterns": ("head/.*",)})
+  params, _, _ = train.ModelDef(train.build_model(c)).split(train.build_model(c))
+  labels = {sharding.path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(train.param_labels(params, c))[0]}
+  assert labels["head/classifier/kernel"] == "new"
+  assert labels["blocks/0/conv/kernel"] == "frozen"
+  assert labels["blocks/1/norm/scale"] == "base"
+  mask = {sharding.path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(train.decay_mask(params))[0]}
+  assert mask["blocks/1/conv/kernel"] and not mask["blocks/1/norm/scale"] and not mask["blocks/1/norm/bias"]
+
+
+def test_group_learning_rates_follow_the_multiplier():
+  c = tiny(**{"optimizer.momentum": 0.0, "optimizer.weight_decay": 0.0, "optimizer.schedule": "constant",
+              "optimizer.lr": 0.1, "optimizer.new_layer_lr_mult": 10.0, "pretrained.freeze": ("blocks/0/.*",)})
+  params = {"blocks": {"0": {"conv": {"kernel": jnp.ones((2, 2))}}, "1": {"conv": {"kernel": jnp.ones((2, 2))}}},
+            "head": {"classifier": {"kernel": jnp.ones((2, 2))}}}
+  tx, _ = train.make_optimizer(c, params, 10)
+  updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+  np.testing.assert_allclose(updates["blocks"]["1"]["conv"]["kernel"], -0.1)
+  np.testing.assert_allclose(updates["head"]["classifier"]["kernel"], -1.0, rtol=1e-6)
+  np.testing.assert_array_equal(updates["blocks"]["0"]["conv"]["kernel"], 0.0)
+
+
+def test_weight_decay_only_on_kernels():
+  c = tiny(**{"optimizer.momentum": 0.0, "optimizer.weight_decay": 0.5, "optimizer.schedule": "constant",
+              "optimizer.lr": 1.0, "optimizer.new_layer_patterns": ()})
+  params = {"conv": {"kernel": jnp.full((2,), 2.0), "bias": jnp.full((2,), 2.0)}}
+  tx, _ = train.make_optimizer(c, params, 10)
+  updates, _ = tx.update(jax.tree.map(jnp.zeros_like, params), tx.init(params), params)
+  np.testing.assert_allclose(updates["conv"]["kernel"], -1.0)  # -lr * wd * 2
+  np.testing.assert_array_equal(updates["conv"]["bias"], 0.0)
+
+
+def test_step_schedule_boundaries_are_fractions_of_training():
+  c = tiny(**{"optimizer.lr": 1.0, "optimizer.boundaries": (0.5, 0.75), "optimizer.decay_factor": 0.1})
+  s = train.make_schedule(c.optimizer, 100)
+  np.testing.assert_allclose([s(0), s(49), s(50), s(74), s(75)], [1, 1, 0.1, 0.1, 0.01], rtol=1e-6)
+
+
+def test_pattern_that_matches_nothing_is_an_error():
+  c = tiny(**{"optimizer.new_layer_patterns": ("classifer/.*",)})
+  model = train.build_model(c)
+  params, _, _ = train.ModelDef(model).split(model)
+  with pytest.raises(ValueError, match="matches no parameter"):
+    train.param_labels(params, c)
+
+
+# ---------------------------------------------------------------- the step
+
+
+def _one_step(c, batch):
+  mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
+  state, shardings, model_def, tx, schedule = train.init_state(c, mesh, 10)
+  step = jax.jit(train.make_train_step(model_def, tx, schedule, c, mesh))
+  return step(state, batch)
+
+
+def test_gradient_accumulation_equals_the_full_batch():
+  # Without BatchNorm the accumulated gradient is exactly the mean over the batch.
+  rng = np.random.default_rng(0)
+  batch = {"image": jnp.asarray(rng.normal(size=(8, 16, 16, 3)), jnp.float32),
+           "label": jnp.asarray(rng.integers(0, 4, 8), jnp.int32)}
+  results = []
+  for accum in (1, 4):
+    c = tiny(**{"training.grad_accum_steps": accum})
+    with c.unlocked():
+      c.model.overrides.batch_norm = False
+    results.append(_one_step(c, batch))
+  (s1, m1), (s4, m4) = results
+  np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(s1["params"]), jax.tree.leaves(s4["params"])):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_bfloat16_compute_keeps_float32_parameters():
+  rng = np.random.default_rng(1)
+  batch = {"image": jnp.asarray(rng.normal(size=(8, 16, 16, 3)), jnp.float32),
+           "label": jnp.asarray(rng.integers(0, 4, 8), jnp.int32)}
+  state, metrics = _one_step(tiny(**{"model.dtype": "bfloat16"}), batch)
+  assert {x.dtype for x in jax.tree.leaves(state["params"])} == {jnp.dtype("float32")}
+  assert np.isfinite(metrics["loss"]) and state["step"] == 1
+
+
+# ---------------------------------------------------------------- whole runs (in process)
+
+
+def test_metrics_files_and_nan_guard(tmp_path):
+  workdir = str(tmp_path / "nan")
+  c = tiny(**{"training.debug_nan_at_step": 3, "training.num_steps": 6})
+  with pytest.raises(train.NonFiniteLossError, match="at step 3"):
+    train.train(c, workdir, devices=jax.devices()[:1])
+  assert h.checkpoint_steps(workdir) == [2]  # nothing saved after the NaN
+  saved = h.read_state(workdir, 2)
+  assert all(np.isfinite(v).all() for k, v in saved.items() if v.dtype.kind == "f")
+  records = read_metrics(workdir)
+  assert [r["step"] for r in records] == [1, 2]
+  assert {"loss", "accuracy", "learning_rate", "images_per_second"} <= set(records[0])
+  assert glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
+
+
+def test_pretrained_load_and_freeze(tmp_path):
+  source = str(tmp_path / "source")
+  train.train(tiny(**{"training.num_steps": 2}), source, devices=jax.devices()[:1])
+  c = tiny(**{"training.num_steps": 2, "training.seed": 7, "pretrained.path": source,
+              "pretrained.skip": ("head/.*",), "pretrained.freeze": ("blocks/0/.*",)})
+  result = train.train(c, str(tmp_path / "target"), devices=jax.devices()[:1])
+  before = h.read_state(source)
+  after = {sharding.path_str(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(result.state["params"])[0]}
+  np.testing.assert_array_equal(after["blocks/0/conv/kernel"], before["params/blocks/0/conv/kernel"])  # loaded, frozen
+  assert not np.array_equal(after["blocks/1/conv/kernel"], before["params/blocks/1/conv/kernel"])  # loaded, trained
+
+
+# ---------------------------------------------------------------- faults (subprocesses, bitwise on the CPU)
+
+STEPS = ["--config.training.num_steps=8"]
+SLOW = [*STEPS, "--config.training.debug_step_delay=0.4"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("reference"))
+  proc = h.run(h.cli(workdir, *STEPS))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert h.checkpoint_steps(workdir) == [2, 4, 6, 8]
+  return workdir
+
+
+def test_sigterm_then_sigkill_then_resume_is_bitwise_identical(reference, tmp_path):
+  workdir = str(tmp_path / "run")
+  # 1. Preempted: SIGTERM after the first checkpoint -> the step finishes, a checkpoint is saved, exit 0.
+  proc = h.start(h.cli(workdir, *SLOW))
+  h.wait_for(os.path.join(workdir, "checkpoints", "2"), proc)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, out[-3000:]
+  assert "preempted at step" in out
+  stopped = h.checkpoint_steps(workdir)[-1]
+  assert 2 <= stopped <= 5
+  # 2. Killed: SIGKILL after the next checkpoint appears.
+  proc = h.start(h.cli(workdir, *SLOW))
+  h.wait_for(os.path.join(workdir, "checkpoints", str(stopped + (2 - stopped % 2))), proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate(timeout=60)
+  assert proc.returncode == -signal.SIGKILL
+  # 3. Resumed to the end: the same bits as the run that never stopped.
+  proc = h.run(h.cli(workdir, *STEPS))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "resumed from checkpoint" in proc.stderr
+  assert h.checkpoint_steps(workdir)[-1] == 8
+  h.assert_bitwise_equal(h.read_state(workdir), h.read_state(reference))
+  assert h.losses(workdir) == h.losses(reference)
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(reference, tmp_path):
+  workdir = str(tmp_path / "corrupt")
+  shutil.copytree(reference, workdir)
+  latest = os.path.join(workdir, "checkpoints", "8")
+  for path in glob.glob(os.path.join(latest, "state", "**", "*"), recursive=True):
+    if os.path.isfile(path):
+      with open(path, "wb") as f:
+        f.write(b"\0garbage")
+  proc = h.run(h.cli(workdir, *STEPS))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "checkpoint at step 8" in proc.stderr and "unreadable" in proc.stderr
+  assert "resumed from checkpoint at step 6" in proc.stderr
+  assert os.listdir(os.path.join(workdir, "corrupt_checkpoints"))
+  h.assert_bitwise_equal(h.read_state(workdir), h.read_state(reference))
