@@ -135,19 +135,46 @@ def euler_numbers(q: np.ndarray) -> np.ndarray:
   p = np.zeros((q.shape[0] + 2, q.shape[1] + 2), np.uint8)
   p[1:-1, 1:-1] = q
   a, b, c, d = p[:-1, :-1], p[:-1, 1:], p[1:, :-1], p[1:, 1:]
-  ab_lo, ab_hi = np.minimum(a, b), np.maximum(a, b)
-  cd_lo, cd_hi = np.minimum(c, d), np.maximum(c, d)
-  s1, s4 = np.minimum(ab_lo, cd_lo), np.maximum(ab_hi, cd_hi)
-  mid_lo, mid_hi = np.maximum(ab_lo, cd_lo), np.minimum(ab_hi, cd_hi)
-  s2, s3 = np.minimum(mid_lo, mid_hi), np.maximum(mid_lo, mid_hi)
+  lo, hi = cv2.min, cv2.max  # far faster than NumPy on strided uint8 views
+  ab_lo, ab_hi = lo(a, b), hi(a, b)
+  cd_lo, cd_hi = lo(c, d), hi(c, d)
+  s1, s4 = lo(ab_lo, cd_lo), hi(ab_hi, cd_hi)
+  mid_lo, mid_hi = hi(ab_lo, cd_lo), lo(ab_hi, cd_hi)
+  s2, s3 = lo(mid_lo, mid_hi), hi(mid_lo, mid_hi)
   # Two pixels above L for s2 <= L < s3: the two >= s3; diagonal when they are (a, d) or (b, c).
-  diag = (((a >= s3) & (d >= s3)) | ((b >= s3) & (c >= s3))) & (s2 < s3)
+  ge = lambda x: cv2.compare(x, s3, cv2.CMP_GE)
+  diag = cv2.bitwise_and(cv2.bitwise_or(cv2.bitwise_and(ge(a), ge(d)), cv2.bitwise_and(ge(b), ge(c))),
+                         cv2.compare(s2, s3, cv2.CMP_LT))
   h1, h2, h3, h4 = (_histogram(x, 256) for x in (s1, s2, s3, s4))
-  mask = diag.view(np.uint8)
-  d2, d3 = _histogram(s2, 256, mask), _histogram(s3, 256, mask)
+  cells = np.flatnonzero(diag)  # diagonal pairs are rare in smooth maps: count them directly
+  d2 = np.bincount(s2.ravel()[cells], minlength=256)
+  d3 = np.bincount(s3.ravel()[cells], minlength=256)
   # A cell is in a state over the level interval [lo, hi): +1 at lo, -1 at hi.
   delta = (h3 - h4) - (h1 - h2) - 2 * (d2 - d3)
   return np.rint(np.cumsum(delta) / 4).astype(np.int64)
+
+
+def interior_minimum(q: np.ndarray) -> int:
+  """Smallest value of a regional minimum (4-connected flat zone with no lower 4-neighbour) off the border; 256 if none.
+
+  A hole of ``q > L`` is a 4-connected background component off the border; its lowest
+  flat zone is such a minimum with value <= L. So levels below the returned value have no hole.
+  """
+  cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+  bottom = cv2.compare(q, cv2.erode(q, cross), cv2.CMP_EQ)  # no strictly lower 4-neighbour
+  higher = cv2.bitwise_or(q, bottom)  # bottom pixels -> 255: they never spoil a zone
+  spoiled = cv2.bitwise_and(bottom, cv2.compare(cv2.erode(higher, cross), q, cv2.CMP_EQ))
+  n, labels = cv2.connectedComponents(bottom, connectivity=4, ltype=cv2.CV_32S)
+  ok = np.ones(n, bool)
+  ok[0] = False
+  ok[labels[spoiled.view(bool)]] = False
+  for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
+    ok[edge] = False
+  if not ok.any():
+    return 256
+  on = bottom.view(bool)
+  keep = ok[labels[on]]
+  return int(q[on][keep].min())
 
 
 def regional_maxima_values(q: np.ndarray) -> np.ndarray:
@@ -156,16 +183,17 @@ def regional_maxima_values(q: np.ndarray) -> np.ndarray:
   Every 8-connected component of ``q > L`` (L >= 0) holds at least one regional maximum above L.
   """
   kernel = np.ones((3, 3), np.uint8)
-  top = (q == cv2.dilate(q, kernel)) & (q > 0)  # no strictly higher neighbour
-  lower = np.where(top, np.uint8(0), q)
+  top = cv2.bitwise_and(cv2.compare(q, cv2.dilate(q, kernel), cv2.CMP_EQ), cv2.compare(q, 0, cv2.CMP_GT))
+  lower = cv2.bitwise_and(q, q, mask=cv2.bitwise_not(top))
   # A flat zone of `top` pixels that touches an equal pixel with a higher neighbour is not maximal.
-  spoiled = top & (cv2.dilate(lower, kernel) == q)
-  n, labels = cv2.connectedComponents(top.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+  spoiled = cv2.bitwise_and(top, cv2.compare(cv2.dilate(lower, kernel), q, cv2.CMP_EQ))
+  n, labels = cv2.connectedComponents(top, connectivity=8, ltype=cv2.CV_32S)
+  on = top.view(bool)
   values = np.zeros(n, np.int64)
-  values[labels[top]] = q[top]
+  values[labels[on]] = q[on]
   ok = np.ones(n, bool)
   ok[0] = False
-  ok[labels[spoiled]] = False
+  ok[labels[spoiled.view(bool)]] = False
   return np.sort(values[ok])[::-1]
 
 
@@ -208,13 +236,13 @@ def wsol_level_best_iou(scoremap: np.ndarray, gt_boxes: np.ndarray, cam_threshol
   distinct, inverse = np.unique(canon, return_inverse=True)
   nonempty = distinct < max_level
   work = distinct[nonempty]
-  # Foreground crops (global bounding boxes) of every distinct level at once.
-  rows = q.max(axis=1)[None, :] > work[:, None]
-  cols = q.max(axis=0)[None, :] > work[:, None]
-  y0 = rows.argmax(1)
-  y1 = height - rows[:, ::-1].argmax(1)
-  x0 = cols.argmax(1)
-  x1 = width - cols[:, ::-1].argmax(1)
+  # Foreground crops (global bounding boxes) of every distinct level at once: the first row
+  # whose running maximum (from the top, or from the bottom) exceeds the level.
+  rowmax, colmax = q.max(axis=1), q.max(axis=0)
+  y0 = np.searchsorted(np.maximum.accumulate(rowmax), work, side="right")
+  y1 = height - np.searchsorted(np.maximum.accumulate(rowmax[::-1]), work, side="right")
+  x0 = np.searchsorted(np.maximum.accumulate(colmax), work, side="right")
+  x1 = width - np.searchsorted(np.maximum.accumulate(colmax[::-1]), work, side="right")
   crops = list(zip(y0.tolist(), y1.tolist(), x0.tolist(), x1.tolist()))
 
   find, tree, simple = cv2.findContours, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE
@@ -228,10 +256,10 @@ def wsol_level_best_iou(scoremap: np.ndarray, gt_boxes: np.ndarray, cam_threshol
     return cache[j]
 
   # Levels whose boxes are proven without a contour call (see _proven_boxes).
-  proven: list[tuple[np.ndarray, np.ndarray]] = []
+  proven: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
   skip = int(np.searchsorted(work, 0))  # level -1 (negative thresholds: all foreground) is left out
   if shortcut and len(work) > skip:
-    proven = [(idx + skip, boxes) for idx, boxes in
+    proven = [(idx + skip, boxes, present) for idx, boxes, present in
               _proven_boxes(q, work[skip:], np.array(crops[skip:], np.int64).reshape(-1, 4),
                             lambda j: contours_at(j + skip))]
 
@@ -242,10 +270,16 @@ def wsol_level_best_iou(scoremap: np.ndarray, gt_boxes: np.ndarray, cam_threshol
   bounding, area = cv2.boundingRect, cv2.contourArea
   for m, multi in enumerate(modes):
     done = np.zeros(len(work), bool)
-    for idx, boxes in proven:
-      if multi or boxes.shape[1] == 1:  # the single-contour box is proven only with one component
-        per_box = iou(boxes.reshape(-1, 4), gt).max(axis=1).reshape(boxes.shape[:2])
-        best[m, where[idx]] = per_box.max(axis=1)
+    groups = [g for g in proven if multi or g[1].shape[1] == 1]  # single box proven only for one component
+    if groups:
+      per_box = iou(np.concatenate([g[1].reshape(-1, 4) for g in groups]), gt).max(axis=1)
+      start = 0
+      for idx, boxes, present in groups:
+        vals = per_box[start:start + boxes.shape[0] * boxes.shape[1]].reshape(boxes.shape[:2])
+        start += vals.size
+        if present is not None:
+          vals = np.where(present, vals, -1.0)
+        best[m, where[idx]] = vals.max(axis=1)
         done[idx] = True
     parts: list[np.ndarray] = []
     counts: list[int] = []
@@ -273,7 +307,62 @@ def _quirk(x0, y0, x1, y1, height: int, width: int) -> np.ndarray:
   return np.stack([x0, y0, np.minimum(x1 + 1, width - 1), np.minimum(y1 + 1, height - 1)], axis=-1)
 
 
-def _proven_boxes(q: np.ndarray, work: np.ndarray, crops: np.ndarray, contours_at) -> list[tuple[np.ndarray, np.ndarray]]:
+def _proven_boxes(q: np.ndarray, work: np.ndarray, crops: np.ndarray, contours_at) -> list:
+  """Groups (work indices, boxes (levels, C, 4), present mask or None) proven without their own contour call.
+
+  With no hole (levels below the lowest interior regional minimum) the Euler number is the
+  component count C. C = 1: the only border is the outer one, its box the foreground's
+  bounding box. C >= 2: label the components of a level a once; at a level L >= a, if the
+  number of those components still reaching above L equals C(L), each holds exactly one
+  component of ``q > L`` (every component of ``q > L`` lies in one of level a), so the boxes
+  are the bounding boxes of each one's part above L. Levels with possible holes go to
+  ``_proven_by_bisection``; whatever is not proven is left to the contour finder.
+  """
+  height, width = q.shape
+  euler = euler_numbers(q)[work]
+  hole_free = work < interior_minimum(q)
+  proven: list = []
+  one = np.flatnonzero(hole_free & (euler == 1))
+  if len(one):
+    y0, y1, x0, x1 = crops[one].T
+    proven.append((one, _quirk(x0, y0, x1 - 1, y1 - 1, height, width)[:, None, :], None))
+  several = np.flatnonzero(hole_free & (euler >= 2))
+  pos = 0
+  while pos < len(several):
+    base = int(several[pos])
+    a, b, cc, d = crops[base].tolist()
+    qc = q[a:b, cc:d]
+    n, labels = cv2.connectedComponents((qc > work[base]).view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+    if n - 1 != euler[base]:  # cannot happen without holes; stay exact by leaving the level to contours
+      pos += 1
+      continue
+    parts = [cv2.bitwise_and(qc, qc, mask=cv2.compare(labels, i, cv2.CMP_EQ)) for i in range(1, n)]
+    rowmax = np.stack([p.max(axis=1) for p in parts])  # (c, rows)
+    colmax = np.stack([p.max(axis=0) for p in parts])
+    peak = rowmax.max(axis=1)
+    rest = several[pos:]
+    levels = work[rest]
+    present = peak[None, :] > levels[:, None]
+    valid = present.sum(axis=1) == euler[rest]
+    stop = len(rest) if valid.all() else int(np.argmin(valid))
+    take, levels, present = rest[:stop], levels[:stop, None, None], present[:stop]
+    rows = rowmax[None] > levels  # (levels, c, rows)
+    cols = colmax[None] > levels
+    y0 = rows.argmax(2) + a
+    y1 = rows.shape[2] - 1 - rows[:, :, ::-1].argmax(2) + a
+    x0 = cols.argmax(2) + cc
+    x1 = cols.shape[2] - 1 - cols[:, :, ::-1].argmax(2) + cc
+    proven.append((take, _quirk(x0, y0, x1, y1, height, width), present))
+    pos += stop
+  rest = np.flatnonzero(~hole_free)
+  if len(rest):
+    for idx, boxes, present in _proven_by_bisection(q, work[rest], crops[rest], lambda j: contours_at(int(rest[j])),
+                                                    euler[rest]):
+      proven.append((rest[idx], boxes, present))
+  return proven
+
+
+def _proven_by_bisection(q: np.ndarray, work: np.ndarray, crops: np.ndarray, contours_at, euler: np.ndarray) -> list:
   """Boxes of levels whose component structure is proven without their own contour call.
 
   Facts used (levels L >= 0, ascending ``work``):
@@ -290,7 +379,6 @@ def _proven_boxes(q: np.ndarray, work: np.ndarray, crops: np.ndarray, contours_a
   height, width = q.shape
   maxima = regional_maxima_values(q)
   above = (maxima[None, :] > work[:, None]).sum(1)
-  euler = euler_numbers(q)[work]
   counts: dict[int, int] = {}
 
   def count_at(j: int) -> int:
@@ -336,7 +424,7 @@ def _proven_boxes(q: np.ndarray, work: np.ndarray, crops: np.ndarray, contours_a
       continue
     if c == 1:
       y0, y1, x0, x1 = crops[ok].T
-      proven.append((ok, _quirk(x0, y0, x1 - 1, y1 - 1, height, width)[:, None, :]))
+      proven.append((ok, _quirk(x0, y0, x1 - 1, y1 - 1, height, width)[:, None, :], None))
       continue
     # Components of the run's lowest level, then their parts above each level of the run.
     base = int(idx[0])
@@ -348,7 +436,7 @@ def _proven_boxes(q: np.ndarray, work: np.ndarray, crops: np.ndarray, contours_a
     levels = work[ok][:, None]
     per_component = []
     for i in range(1, n):
-      part = np.where(labels == i, qc, np.uint8(0))
+      part = cv2.bitwise_and(qc, qc, mask=cv2.compare(labels, i, cv2.CMP_EQ))
       rows = part.max(axis=1)[None, :] > levels
       cols = part.max(axis=0)[None, :] > levels
       y0 = rows.argmax(1) + a
@@ -356,5 +444,5 @@ def _proven_boxes(q: np.ndarray, work: np.ndarray, crops: np.ndarray, contours_a
       x0 = cols.argmax(1) + cc
       x1 = cols.shape[1] - 1 - cols[:, ::-1].argmax(1) + cc
       per_component.append(_quirk(x0, y0, x1, y1, height, width))
-    proven.append((ok, np.stack(per_component, axis=1)))  # (levels, c, 4)
+    proven.append((ok, np.stack(per_component, axis=1), None))  # (levels, c, 4)
   return proven
