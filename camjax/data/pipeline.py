@@ -40,7 +40,6 @@ import collections
 import dataclasses
 import json
 import logging
-import math
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -505,7 +504,8 @@ def train_iterator(source, *, global_batch_size: int, image_size: int, seed: int
 
   Local batch size is global_batch_size // process_count; `augment` overrides
   `AUGMENT_DEFAULTS` (random-resized crop and horizontal flip). Batches do not
-  depend on `worker_count`.
+  depend on `worker_count` (grain worker processes) or `read_threads` (grain
+  reader threads per process); a state saved with one value restores with any.
   """
   process_index, process_count = _resolve_processes(process_index, process_count)
   local = _local_batch_size(global_batch_size, process_count)
