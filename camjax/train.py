@@ -221,10 +221,22 @@ def _find_state_dir(path: str) -> str:
   raise ValueError(f"pretrained.path={path!r} holds no camjax checkpoint; give a workdir or a checkpoint step dir")
 
 
+def read_checkpoint_arrays(state_dir: str) -> dict:
+  """A saved 'state' item as numpy arrays, whatever mesh or number of processes wrote it."""
+  checkpointer = ocp.StandardCheckpointer()
+  metadata = checkpointer.metadata(state_dir)
+  tree = getattr(metadata, "item_metadata", metadata)
+  local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=local), tree)
+  restored = checkpointer.restore(state_dir, target)
+  checkpointer.close()
+  return jax.tree.map(np.asarray, restored)
+
+
 def load_pretrained(config: Any, params: dict, batch_stats: dict) -> tuple[dict, dict, list[str]]:
   """Copy parameters and BatchNorm statistics whose paths match ``pretrained.load`` (and not ``skip``)."""
   state_dir = _find_state_dir(config.pretrained.path)
-  saved = ocp.StandardCheckpointer().restore(state_dir)
+  saved = read_checkpoint_arrays(state_dir)
   loaded: list[str] = []
 
   def copy(group: str, tree: dict) -> dict:

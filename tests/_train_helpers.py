@@ -59,10 +59,11 @@ def checkpoint_steps(workdir: str) -> list[int]:
 def read_state(workdir: str, step: int | None = None) -> dict:
   """The saved train state of a step (default: latest) as numpy arrays, keyed 'params/...'."""
   import jax
-  import orbax.checkpoint as ocp
+
+  from camjax import train
 
   step = checkpoint_steps(workdir)[-1] if step is None else step
-  tree = ocp.StandardCheckpointer().restore(os.path.join(workdir, "checkpoints", str(step), "state"))
+  tree = train.read_checkpoint_arrays(os.path.join(workdir, "checkpoints", str(step), "state"))
   flat = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
     flat["/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)] = np.asarray(leaf)

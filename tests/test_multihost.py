@@ -1,0 +1,55 @@
+"""Two processes x 2 CPU devices (jax.distributed on 127.0.0.1) match one process x 4 devices.
+
+The two processes are started by launch/local_multiprocess.sh, the launcher users run.
+Their checkpoint then restores in this (single-device) process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import portpicker
+
+import _train_helpers as h
+from camjax import train
+from configs import test_tiny
+
+STEPS = ["--config.training.num_steps=4", "--config.training.checkpoint_every=4"]
+
+
+def test_two_processes_match_one_process_and_restore_in_one(tmp_path):
+  multi, single = str(tmp_path / "multi"), str(tmp_path / "single")
+  launcher = [os.path.join(h.ROOT, "launch", "local_multiprocess.sh"), "-n", "2", "-d", "2",
+              "-p", str(portpicker.pick_unused_port()), "-l", str(tmp_path / "logs"), "--python", sys.executable,
+              "--", f"--config={h.TINY}", f"--workdir={multi}", *STEPS]
+  launched = subprocess.Popen(launcher, cwd=h.ROOT, env=h.env(1))
+  reference = h.run(h.cli(single, *STEPS), devices=4)
+  assert launched.wait(timeout=240) == 0, open(tmp_path / "logs" / "process_0.log").read()[-3000:]
+  assert reference.returncode == 0, reference.stderr[-3000:]
+
+  # Same global batches, same program: the same losses (collectives may reorder float sums).
+  multi_losses, single_losses = h.losses(multi), h.losses(single)
+  assert sorted(multi_losses) == [1, 2, 3, 4]
+  np.testing.assert_allclose([multi_losses[s] for s in range(1, 5)], [single_losses[s] for s in range(1, 5)],
+                             rtol=1e-5)
+  # Only process 0 writes metrics: one record per step.
+  assert len(open(os.path.join(multi, "metrics.jsonl")).read().splitlines()) == 4
+  assert h.checkpoint_steps(multi) == [4]
+
+  # The checkpoint the two processes wrote restores in one process with one device.
+  c = test_tiny.get_config()
+  c.training.num_steps = 4
+  restored = train.restore_for_eval(c, multi)
+  assert restored.step == 4 and restored.mesh.devices.size == jax.device_count()
+  saved = h.read_state(multi)
+  for path, leaf in jax.tree_util.tree_flatten_with_path(restored.state["params"])[0]:
+    key = "params/" + "/".join(str(getattr(k, "key", k)) for k in path)
+    np.testing.assert_array_equal(np.asarray(leaf), saved[key])
+  single_state = h.read_state(single)
+  for key, value in saved.items():
+    if key.startswith("params/"):
+      np.testing.assert_allclose(value, single_state[key], rtol=1e-4, atol=1e-6)
