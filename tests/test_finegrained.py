@@ -131,11 +131,13 @@ def test_pipeline_with_briefly_trained_backbone_reports_head_accuracy(shapes_dir
   train.train(train_config, str(backbone))
   (backbone / "config.json").write_text(train_config.to_json_best_effort())  # as camjax.main writes it
   config = _tiny_config(shapes_dir, max_examples=96, rows=("full", "cam_crop"), C_grid=(0.1, 1.0))
+  config.data.mean, config.data.std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)  # the backbone's own must win
   with config.unlocked():
     config.backbone_workdir = str(tmp_path / "backbone")
   result = finegrained.run(config, str(tmp_path / "fg"))
   _check_result(result, str(tmp_path / "fg"), rows=("full image", "crop (CAM box)"))
   assert result["backbone"]["source"] == "checkpoint" and result["backbone"]["step"] == 3
+  assert result["data_mean"] == list(train_config.data.mean) and result["data_std"] == list(train_config.data.std)
   assert 0.0 <= result["head_accuracy"] <= 1.0
   assert result["linear_minus_head"] == pytest.approx(result["rows"][0]["accuracy"] - result["head_accuracy"])
 

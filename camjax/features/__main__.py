@@ -72,10 +72,12 @@ def main(argv: list[str]) -> int:
       raise app.UsageError("discover needs --positives, --negatives and --output")
     from camjax.features import discovery, finegrained
 
+    config = finegrained.with_backbone_preprocessing(config)
     model, info = finegrained.load_backbone(config)
     result = discovery.discover(
         model, positives=FLAGS.positives, negatives=FLAGS.negatives, output=FLAGS.output, rank=FLAGS.rank,
         image_size=int(config.data.image_size), mean=tuple(config.data.mean), std=tuple(config.data.std),
+        eval_mode=config.data.eval_mode,
         top=FLAGS.top, C_grid=tuple(config.features.C_grid), threshold=float(config.features.cam_threshold),
         batch_size=int(config.features.batch_size), seed=int(config.features.seed))
     summary = {k: v for k, v in result.items() if k != "ranking"}

@@ -18,7 +18,7 @@ from flax import nnx
 from PIL import Image
 
 from camjax import cam, viz
-from camjax.features.extraction import array_batches, extract_features, model_pooling
+from camjax.features.extraction import extract_features, model_pooling
 from camjax.features.linear import LinearHeadModel, select_and_fit
 
 log = logging.getLogger("camjax.features")
@@ -35,35 +35,52 @@ def list_images(folder: str) -> list[str]:
   return [os.path.join(folder, n) for n in names]
 
 
-def load_images(paths: Sequence[str], image_size: int, mean, std) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
-  """(normalized float32 (N, S, S, 3), uint8 (N, S, S, 3), kept paths, unreadable paths).
+class FolderSource:
+  """Image files as records ``{"image", "label", "bboxes", "id"}`` for the evaluation pipeline.
 
-  Each image is resized straight to S x S (the evaluation 'resize' mode).
+  Going through ``camjax.data.pipeline.eval_batches`` gives folder images
+  exactly the resizing and normalization the backbone saw in evaluation.
+  An unreadable file raises, so the pipeline counts it and skips it.
   """
+
+  def __init__(self, paths: Sequence[str], label: int = 0):
+    self.paths = list(paths)
+    self.label = int(label)
+
+  def __len__(self) -> int:
+    return len(self.paths)
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    with Image.open(self.paths[index]) as im:
+      image = np.asarray(im.convert("RGB"))
+    return {"image": image, "label": self.label, "bboxes": np.zeros((0, 4), np.float32),
+            "id": os.path.basename(self.paths[index])}
+
+
+def resized_uint8(path: str, image_size: int) -> np.ndarray:
+  """The image as the evaluation 'resize' mode shows it, for pictures."""
   from camjax.data import transforms as T
 
-  floats, raw, kept, bad = [], [], [], []
-  for path in paths:
-    try:
-      with Image.open(path) as im:
-        image = np.asarray(im.convert("RGB"))
-    except Exception as e:  # noqa: BLE001 - any unreadable file is reported and skipped
-      log.warning("skipping unreadable image %s (%s)", path, e)
-      bad.append(path)
-      continue
-    ex = T.resize(T.Example(image, np.zeros((0, 4), np.int64)), int(image_size))
-    raw.append(ex.image)
-    floats.append(T.normalize(ex.image, mean, std))
-    kept.append(path)
-  size = int(image_size)
-  if not kept:
-    return np.zeros((0, size, size, 3), np.float32), np.zeros((0, size, size, 3), np.uint8), kept, bad
-  return np.stack(floats), np.stack(raw), kept, bad
+  with Image.open(path) as im:
+    image = np.asarray(im.convert("RGB"))
+  return T.resize(T.Example(image, np.zeros((0, 4), np.int64)), int(image_size)).image
 
 
-def _features(model, images, batch_size):
-  labels = np.zeros((images.shape[0],), np.int64)
-  return extract_features(model, array_batches(images, labels, batch_size), keep_logits=False).features
+def _detector_maps(head: nnx.Module, batches) -> dict[int, np.ndarray]:
+  """Upsampled CAM of the detector (class 0 of ``head``) per example index."""
+  from camjax import sharding
+  from camjax.features.extraction import default_mesh, device_batches, replicate_model
+
+  mesh = default_mesh()
+  replicate_model(head, mesh)
+  maps = {}
+  for on_device, host in device_batches(batches, mesh):
+    images = on_device["image"]
+    out = cam.class_activation_maps(head, images, class_ids=np.zeros(images.shape[0], np.int32), upsample=True)
+    up = sharding.to_host(out.upsampled)
+    for r in np.flatnonzero(np.asarray(host["valid"]).astype(bool)):
+      maps[int(host["index"][r])] = up[r, 0]
+  return maps
 
 
 def discover(
@@ -76,22 +93,37 @@ def discover(
     image_size: int,
     mean=(0.0, 0.0, 0.0),
     std=(1.0, 1.0, 1.0),
+    eval_mode: str = "resize",
     top: int = 10,
     C_grid: Sequence[float] = (0.01, 0.1, 1.0, 10.0),
     threshold: float = 0.2,
     batch_size: int = 32,
     seed: int = 0,
 ) -> dict[str, Any]:
-  """Train the detector, rank, write CAMs of the ``top`` images and ``ranking.json`` to ``output``."""
+  """Train the detector, rank, write CAMs of the ``top`` images and ``ranking.json`` to ``output``.
+
+  ``image_size``, ``mean``, ``std`` and ``eval_mode`` are the backbone's
+  evaluation preprocessing (its config's data section).
+  """
+  from camjax.data import pipeline
   from camjax.features.finegrained import box_from_cam
 
-  pos_x, _, pos_paths, pos_bad = load_images(list_images(positives), image_size, mean, std)
-  neg_x, _, neg_paths, neg_bad = load_images(list_images(negatives), image_size, mean, std)
+  def batches(source):
+    return pipeline.eval_batches(source, global_batch_size=int(batch_size), image_size=int(image_size),
+                                 mode=eval_mode, mean=tuple(mean), std=tuple(std), max_boxes=1, on_bad_data="skip")
+
+  def features(paths):
+    fs = extract_features(model, batches(FolderSource(paths)), keep_logits=False)
+    return fs.features, [paths[i] for i in fs.indices]
+
+  pos_x, pos_paths = features(list_images(positives))
+  neg_x, neg_paths = features(list_images(negatives))
+  unreadable = sorted(set(list_images(positives)) - set(pos_paths)) + sorted(set(list_images(negatives)) - set(neg_paths))
   if len(pos_paths) < 1 or len(neg_paths) < 1:
     raise ValueError(f"need at least one readable positive and one negative image, got {len(pos_paths)} in "
                      f"{positives} and {len(neg_paths)} in {negatives}")
   pooling = model_pooling(model)
-  x = np.concatenate([_features(model, pos_x, batch_size), _features(model, neg_x, batch_size)])
+  x = np.concatenate([pos_x, neg_x])
   y = np.concatenate([np.ones(len(pos_paths), np.int64), np.zeros(len(neg_paths), np.int64)])
   enough = min(len(pos_paths), len(neg_paths)) >= 5
   sel = select_and_fit(x, y, num_classes=2, loss="svm", grid=tuple(C_grid) if enough else (1.0,), seed=seed)
@@ -100,35 +132,31 @@ def discover(
   kernel, bias = clf.kernel[:, 1:2], clf.bias[1:2]
 
   if rank:
-    rank_x, rank_raw, rank_paths, rank_bad = load_images(list_images(rank), image_size, mean, std)
+    rank_x, rank_paths = features(list_images(rank))
+    unreadable += sorted(set(list_images(rank)) - set(rank_paths))
     truth = [None] * len(rank_paths)
   else:
-    rank_paths = pos_paths + neg_paths
-    rank_x, rank_raw, _, _ = load_images(rank_paths, image_size, mean, std)
+    rank_x, rank_paths = x, pos_paths + neg_paths
     truth = [True] * len(pos_paths) + [False] * len(neg_paths)
-    rank_bad = []
-  scores = (_features(model, rank_x, batch_size) @ kernel + bias)[:, 0] if len(rank_paths) else np.zeros(0)
+  scores = (rank_x @ kernel + bias)[:, 0]
   order = np.argsort(-scores, kind="stable")
 
   os.makedirs(output, exist_ok=True)
   head = LinearHeadModel(model, kernel, bias, pooling=pooling)
   top_rows = order[: max(0, int(top))]
+  maps = _detector_maps(head, batches(FolderSource([rank_paths[r] for r in top_rows]))) if top_rows.size else {}
   ranking = []
   pictures = []
-  maps = None
-  if top_rows.size:
-    out = cam.class_activation_maps(head, rank_x[top_rows], class_ids=np.zeros(top_rows.size, np.int32),
-                                    upsample=True)
-    maps = np.asarray(out.upsampled)[:, 0]
   for position, row in enumerate(order):
     entry = {"rank": position + 1, "file": os.path.abspath(rank_paths[row]), "score": float(scores[row])}
     if truth[row] is not None:
       entry["positive"] = bool(truth[row])
-    if maps is not None and position < top_rows.size:
+    if position in maps:
       stem = f"{position + 1:04d}_{os.path.splitext(os.path.basename(rank_paths[row]))[0]}"
       box = box_from_cam(maps[position], threshold)
       np.save(os.path.join(output, stem + "_cam.npy"), maps[position].astype(np.float32))
-      picture = viz.draw_boxes(viz.overlay(rank_raw[row], maps[position]), box[None], width=1)
+      picture = viz.draw_boxes(viz.overlay(resized_uint8(rank_paths[row], image_size), maps[position]),
+                               box[None], width=1)
       viz.save_png(picture, os.path.join(output, stem + "_cam.png"))
       pictures.append(picture)
       entry.update(cam=stem + "_cam.npy", overlay=stem + "_cam.png", box=[int(v) for v in box])
@@ -137,7 +165,7 @@ def discover(
       "detector": {"loss": "svm", "C": sel.best_C, "C_selected_on": sel.val_source,
                    "train_accuracy": clf.accuracy(x, y), "num_positives": len(pos_paths),
                    "num_negatives": len(neg_paths), "pooling": pooling},
-      "unreadable": pos_bad + neg_bad + rank_bad,
+      "unreadable": unreadable,
       "ranked_folder": os.path.abspath(rank) if rank else "positives + negatives",
       "ranking": ranking,
   }

@@ -290,13 +290,37 @@ def backbone_training_config(config: Any) -> Any:
   return ml_collections.ConfigDict(merged)
 
 
-def _saved_data_name(workdir: str) -> str:
-  """The data set the backbone was trained on, from its run's config.json ('' when unknown)."""
+def _saved_config(workdir: str) -> dict[str, Any]:
+  """The backbone run's config.json as a dict ({} when there is none)."""
   try:
     with open(os.path.join(workdir, "config.json")) as fh:
-      return str(json.load(fh).get("data", {}).get("name", ""))
+      return json.load(fh)
   except (OSError, ValueError):
-    return ""
+    return {}
+
+
+def _saved_data_name(workdir: str) -> str:
+  """The data set the backbone was trained on ('' when unknown)."""
+  return str(_saved_config(workdir).get("data", {}).get("name", "")) if workdir else ""
+
+
+def with_backbone_preprocessing(config: Any) -> Any:
+  """``config`` with ``data.mean`` / ``data.std`` of the backbone's run (its inputs must look as in training).
+
+  Other data fields (data set, image size) stay this config's: a backbone
+  can be applied to another data set, as in the paper (ImageNet -> CUB).
+  """
+  saved = _saved_config(config.backbone_workdir).get("data", {}) if config.backbone_workdir else {}
+  out = config.copy_and_resolve_references()
+  changed = []
+  for key in ("mean", "std"):
+    if key in saved and tuple(float(v) for v in saved[key]) != tuple(float(v) for v in config.data[key]):
+      changed.append(f"data.{key}={tuple(saved[key])}")
+      with out.unlocked():
+        out.data[key] = tuple(float(v) for v in saved[key])
+  if changed:
+    _say(f"note: using the backbone run's preprocessing {', '.join(changed)} (from {config.backbone_workdir}/config.json)")
+  return out
 
 
 def load_backbone(config: Any) -> tuple[nnx.Module, dict[str, Any]]:
@@ -406,6 +430,7 @@ def _row(name: str, sel: Selection, test: FeatureSet, train: FeatureSet) -> dict
 def run(config: Any, workdir: str) -> dict[str, Any]:
   """The whole Sec. 4.1 pipeline; prints the table and writes ``WORKDIR/finegrained.json``."""
   check_config(config)
+  config = with_backbone_preprocessing(config)
   f = config.features
   start = time.perf_counter()
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
@@ -442,7 +467,9 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
   sel_full = _fit(config, full["train"], full.get("val"), num_classes)
   rows = [_row("full", sel_full, full["test"], full["train"])]
   result: dict[str, Any] = {"backbone": backbone, "model": config.model.name, "data": config.data.name,
-                            "classifier": f.classifier, "pooling": pooling, "splits": splits, "rows": rows}
+                            "classifier": f.classifier, "pooling": pooling, "splits": splits, "rows": rows,
+                            "image_size": int(config.data.image_size), "data_mean": list(config.data.mean),
+                            "data_std": list(config.data.std)}
   head_logits_ok = (backbone["source"] == "checkpoint" and full["test"].logits is not None
                     and full["test"].logits.shape[1] == num_classes
                     and backbone.get("data") in ("", config.data.name))
