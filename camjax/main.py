@@ -33,9 +33,8 @@ flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process 
 flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
 flags.DEFINE_bool("verbose_orbax", False, "Show orbax's INFO logs.")
 
-# Environment variables that mean "jax.distributed.initialize() can find its peers by itself".
-CLUSTER_ENV = ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "OMPI_COMM_WORLD_SIZE",
-               "JAX_COORDINATOR_ADDRESS")
+# Set to 1 by launch/tpu_pod.sh: call jax.distributed.initialize() and let JAX find its peers.
+DISTRIBUTED_ENV = "CAMJAX_DISTRIBUTED"
 
 
 class ConfigError(ValueError):
@@ -114,9 +113,26 @@ def distributed_args(coordinator_address: str | None, num_processes: int | None,
     if num_processes == 1:
       return None
     return {"coordinator_address": coordinator_address, "num_processes": num_processes, "process_id": process_id}
-  if any(environ.get(name) for name in CLUSTER_ENV):
-    return {}  # jax detects the cluster (TPU pod, SLURM, Open MPI) by itself
+  if cluster_detected(environ):
+    return {}  # jax finds the cluster (TPU pod, SLURM, Open MPI) by itself
   return None
+
+
+def cluster_detected(environ: dict) -> bool:
+  """True when the environment describes a job of several processes that JAX can join by itself."""
+  def count(name: str) -> int:
+    try:
+      return int(environ.get(name, "1"))
+    except ValueError:
+      return 1
+
+  if environ.get(DISTRIBUTED_ENV, "") not in ("", "0"):
+    return True
+  if "," in environ.get("TPU_WORKER_HOSTNAMES", "") or environ.get("MEGASCALE_COORDINATOR_ADDRESS"):
+    return True
+  if "SLURM_PROCID" in environ and count("SLURM_NTASKS") > 1:
+    return True
+  return count("OMPI_COMM_WORLD_SIZE") > 1
 
 
 def _setup_logging(verbose_orbax: bool) -> None:
@@ -158,6 +174,8 @@ def main(argv: list[str]) -> int:
   if FLAGS.config is None or FLAGS.workdir is None:
     raise app.UsageError("both --config and --workdir are required")
   _setup_logging(FLAGS.verbose_orbax)
+  from camjax.train import NonFiniteLossError
+
   try:
     dist = distributed_args(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     import jax
@@ -171,6 +189,9 @@ def main(argv: list[str]) -> int:
   except ValueError as e:
     print(f"camjax: error: {e}", file=sys.stderr)
     return 2
+  except NonFiniteLossError as e:
+    print(f"camjax: stopped: {e}", file=sys.stderr)
+    return 3
   if results and FLAGS.mode != "train":
     print(json.dumps(results, indent=2, default=str))
   return 0
