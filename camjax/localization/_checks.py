@@ -16,8 +16,12 @@ def as_map_stack(scoremaps: Any, *, name: str = "scoremaps", unit_range: bool, o
     raise ValueError(f"{name} must be a floating dtype (float16/32/64); got {maps.dtype}")
   if maps.shape[1] < 1 or maps.shape[2] < 1:
     raise ValueError(f"{name} must have non-empty maps; got shape {maps.shape}")
-  for i, m in enumerate(maps):
-    check_map(m, index=offset + i, unit_range=unit_range)
+  # Two reductions per map catch everything: NaN propagates through min/max, Inf breaks the range.
+  lo = maps.min(axis=(1, 2))
+  hi = maps.max(axis=(1, 2))
+  ok = (lo >= 0) & (hi <= 1) if unit_range else np.isfinite(lo) & np.isfinite(hi)
+  for i in np.flatnonzero(~ok):
+    check_map(maps[i], index=offset + int(i), unit_range=unit_range)
   return maps
 
 

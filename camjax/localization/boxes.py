@@ -154,29 +154,6 @@ def euler_numbers(q: np.ndarray) -> np.ndarray:
   return np.rint(np.cumsum(delta) / 4).astype(np.int64)
 
 
-def interior_minimum(q: np.ndarray) -> int:
-  """Smallest value of a regional minimum (4-connected flat zone with no lower 4-neighbour) off the border; 256 if none.
-
-  A hole of ``q > L`` is a 4-connected background component off the border; its lowest
-  flat zone is such a minimum with value <= L. So levels below the returned value have no hole.
-  """
-  cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
-  bottom = cv2.compare(q, cv2.erode(q, cross), cv2.CMP_EQ)  # no strictly lower 4-neighbour
-  higher = cv2.bitwise_or(q, bottom)  # bottom pixels -> 255: they never spoil a zone
-  spoiled = cv2.bitwise_and(bottom, cv2.compare(cv2.erode(higher, cross), q, cv2.CMP_EQ))
-  n, labels = cv2.connectedComponents(bottom, connectivity=4, ltype=cv2.CV_32S)
-  ok = np.ones(n, bool)
-  ok[0] = False
-  ok[labels[spoiled.view(bool)]] = False
-  for edge in (labels[0], labels[-1], labels[:, 0], labels[:, -1]):
-    ok[edge] = False
-  if not ok.any():
-    return 256
-  on = bottom.view(bool)
-  keep = ok[labels[on]]
-  return int(q[on][keep].min())
-
-
 def regional_maxima_values(q: np.ndarray) -> np.ndarray:
   """Values (> 0) of the regional maxima of ``q`` (8-connected flat zones with no higher neighbour), descending.
 
@@ -228,12 +205,16 @@ def wsol_level_best_iou(scoremap: np.ndarray, gt_boxes: np.ndarray, cam_threshol
   q = quantize(scoremap)
   max_level = int(q.max())
   levels = cam_levels(cam_thresholds, max_level)
-  # Canonical level: q > L equals q > (next present value above L) - 1; >= max means empty.
-  present = np.append(_histogram(q, 256) > 0, True)
-  next_present = np.flatnonzero(present)
   lv = np.clip(levels, -1, 255)
-  canon = next_present[np.searchsorted(next_present, lv, side="right")] - 1
-  distinct, inverse = np.unique(canon, return_inverse=True)
+  if not shortcut:
+    # Canonical level: q > L equals q > (next present value above L) - 1; >= max means empty.
+    present = np.append(_histogram(q, 256) > 0, True)
+    next_present = np.flatnonzero(present)
+    lv = next_present[np.searchsorted(next_present, lv, side="right")] - 1
+  hit = np.zeros(258, bool)
+  hit[lv + 1] = True
+  distinct = np.flatnonzero(hit) - 1
+  inverse = np.cumsum(hit)[lv + 1] - 1
   nonempty = distinct < max_level
   work = distinct[nonempty]
   # Foreground crops (global bounding boxes) of every distinct level at once: the first row
@@ -302,6 +283,13 @@ def wsol_level_best_iou(scoremap: np.ndarray, gt_boxes: np.ndarray, cam_threshol
   return best[:, inverse]
 
 
+def _first_last(profile: np.ndarray, levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """First and last index where ``profile > L`` for each level (running maxima + binary search)."""
+  first = np.searchsorted(np.maximum.accumulate(profile), levels, side="right")
+  last = len(profile) - 1 - np.searchsorted(np.maximum.accumulate(profile[::-1]), levels, side="right")
+  return first, last
+
+
 def _quirk(x0, y0, x1, y1, height: int, width: int) -> np.ndarray:
   """Tight inclusive bounds -> the standard's ``(x, y, min(x + w, W - 1), min(y + h, H - 1))``."""
   return np.stack([x0, y0, np.minimum(x1 + 1, width - 1), np.minimum(y1 + 1, height - 1)], axis=-1)
@@ -310,139 +298,64 @@ def _quirk(x0, y0, x1, y1, height: int, width: int) -> np.ndarray:
 def _proven_boxes(q: np.ndarray, work: np.ndarray, crops: np.ndarray, contours_at) -> list:
   """Groups (work indices, boxes (levels, C, 4), present mask or None) proven without their own contour call.
 
-  With no hole (levels below the lowest interior regional minimum) the Euler number is the
-  component count C. C = 1: the only border is the outer one, its box the foreground's
+  Component counts C for every level (ascending ``work``, all >= 0), walking down from the top:
+  - a component of ``q > L`` either contains one of ``q > L'`` (L < L') or holds a regional
+    maximum with value in (L, L']; so C(L) <= C(L') + U(L) - U(L'), U = maxima above;
+  - the Euler number E = C - H <= C; where E reaches that bound, C = E and there is no hole.
+  Elsewhere one contour call gives C exactly and the walk goes on from there.
+  Hole-free levels with C = 1: the only border is the outer one, its box the foreground's
   bounding box. C >= 2: label the components of a level a once; at a level L >= a, if the
-  number of those components still reaching above L equals C(L), each holds exactly one
-  component of ``q > L`` (every component of ``q > L`` lies in one of level a), so the boxes
-  are the bounding boxes of each one's part above L. Levels with possible holes go to
-  ``_proven_by_bisection``; whatever is not proven is left to the contour finder.
+  number of those components reaching above L equals C(L), each holds exactly one component
+  of ``q > L``, so the boxes are the bounding boxes of each one's part above L.
   """
   height, width = q.shape
+  n = len(work)
   euler = euler_numbers(q)[work]
-  hole_free = work < interior_minimum(q)
+  maxima = regional_maxima_values(q)
+  above = len(maxima) - np.searchsorted(maxima[::-1], work, side="right")  # maxima strictly above each level
+  count = np.zeros(n, np.int64)
+  free = np.zeros(n, bool)  # proven: C = count and no hole
+  top, top_count, top_above = n, 0, 0
+  while top > 0:
+    bound = top_count + above[:top] - top_above
+    fails = np.flatnonzero(euler[:top] != bound)
+    stop = int(fails[-1]) if len(fails) else -1
+    count[stop + 1:top] = bound[stop + 1:]
+    free[stop + 1:top] = True
+    if stop < 0:
+      break
+    contours, hierarchy = contours_at(stop)  # exact count here; its boxes come from these contours
+    top, top_count, top_above = stop, _component_count(hierarchy, len(contours)), int(above[stop])
   proven: list = []
-  one = np.flatnonzero(hole_free & (euler == 1))
+  one = np.flatnonzero(free & (count == 1))
   if len(one):
     y0, y1, x0, x1 = crops[one].T
     proven.append((one, _quirk(x0, y0, x1 - 1, y1 - 1, height, width)[:, None, :], None))
-  several = np.flatnonzero(hole_free & (euler >= 2))
+  several = np.flatnonzero(free & (count >= 2))
   pos = 0
   while pos < len(several):
     base = int(several[pos])
     a, b, cc, d = crops[base].tolist()
     qc = q[a:b, cc:d]
-    n, labels = cv2.connectedComponents((qc > work[base]).view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
-    if n - 1 != euler[base]:  # cannot happen without holes; stay exact by leaving the level to contours
+    num, labels = cv2.connectedComponents((qc > work[base]).view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+    if num - 1 != count[base]:  # cannot happen; stay exact by leaving the level to the contour finder
       pos += 1
       continue
-    parts = [cv2.bitwise_and(qc, qc, mask=cv2.compare(labels, i, cv2.CMP_EQ)) for i in range(1, n)]
-    rowmax = np.stack([p.max(axis=1) for p in parts])  # (c, rows)
-    colmax = np.stack([p.max(axis=0) for p in parts])
-    peak = rowmax.max(axis=1)
+    parts = [cv2.bitwise_and(qc, qc, mask=cv2.compare(labels, i, cv2.CMP_EQ)) for i in range(1, num)]
+    rowmax = [p.max(axis=1) for p in parts]
+    colmax = [p.max(axis=0) for p in parts]
+    peak = np.array([r.max() for r in rowmax])
     rest = several[pos:]
-    levels = work[rest]
-    present = peak[None, :] > levels[:, None]
-    valid = present.sum(axis=1) == euler[rest]
+    present = peak[None, :] > work[rest][:, None]
+    valid = present.sum(axis=1) == count[rest]
     stop = len(rest) if valid.all() else int(np.argmin(valid))
-    take, levels, present = rest[:stop], levels[:stop, None, None], present[:stop]
-    rows = rowmax[None] > levels  # (levels, c, rows)
-    cols = colmax[None] > levels
-    y0 = rows.argmax(2) + a
-    y1 = rows.shape[2] - 1 - rows[:, :, ::-1].argmax(2) + a
-    x0 = cols.argmax(2) + cc
-    x1 = cols.shape[2] - 1 - cols[:, :, ::-1].argmax(2) + cc
+    take, present = rest[:stop], present[:stop]
+    levels = work[take]
+    bounds = [_first_last(r, levels) for r in rowmax], [_first_last(c, levels) for c in colmax]
+    y0 = np.stack([f for f, _ in bounds[0]], axis=1) + a
+    y1 = np.stack([l for _, l in bounds[0]], axis=1) + a
+    x0 = np.stack([f for f, _ in bounds[1]], axis=1) + cc
+    x1 = np.stack([l for _, l in bounds[1]], axis=1) + cc
     proven.append((take, _quirk(x0, y0, x1, y1, height, width), present))
     pos += stop
-  rest = np.flatnonzero(~hole_free)
-  if len(rest):
-    for idx, boxes, present in _proven_by_bisection(q, work[rest], crops[rest], lambda j: contours_at(int(rest[j])),
-                                                    euler[rest]):
-      proven.append((rest[idx], boxes, present))
-  return proven
-
-
-def _proven_by_bisection(q: np.ndarray, work: np.ndarray, crops: np.ndarray, contours_at, euler: np.ndarray) -> list:
-  """Boxes of levels whose component structure is proven without their own contour call.
-
-  Facts used (levels L >= 0, ascending ``work``):
-  - every component of ``q > L`` holds a regional maximum above L, so between two "births"
-    (levels where a new maximum appears) the component count C can only fall as L falls;
-    runs of constant C are found by bisection on contour counts;
-  - in a run of constant C starting at level a, the components at L are those of level a
-    intersected with ``q > L`` (each still holds its maxima, and the count matches);
-  - the Euler number E = C - H gives the number of holes H; with H = 0 the borders are the
-    C outer borders, whose boxes are the components' bounding boxes (+1 quirk).
-  Returns (work indices, boxes (levels, C, 4)) groups; with C = 1 the box is also the
-  single-contour box (with C > 1 that choice needs contour areas, so it is not proven).
-  """
-  height, width = q.shape
-  maxima = regional_maxima_values(q)
-  above = (maxima[None, :] > work[:, None]).sum(1)
-  counts: dict[int, int] = {}
-
-  def count_at(j: int) -> int:
-    if j not in counts:
-      contours, hierarchy = contours_at(j)
-      counts[j] = _component_count(hierarchy, len(contours))
-    return counts[j]
-
-  runs: list[tuple[np.ndarray, int]] = []
-  for u in np.unique(above[above >= 1]).tolist():
-    idx = np.flatnonzero(above == u)
-    if u == 1:
-      runs.append((idx, 1))
-      continue
-    segments: list[tuple[int, int, int]] = []
-
-    def split(lo: int, hi: int) -> None:
-      clo, chi = count_at(int(idx[lo])), count_at(int(idx[hi]))
-      if clo == chi:
-        segments.append((lo, hi, clo))
-      elif hi - lo == 1:
-        segments.extend([(lo, lo, clo), (hi, hi, chi)])
-      else:
-        mid = (lo + hi) // 2
-        split(lo, mid)
-        split(mid, hi)
-
-    split(0, len(idx) - 1)
-    merged: list[list[int]] = []
-    for lo, hi, c in segments:
-      if merged and merged[-1][2] == c:
-        merged[-1][1] = max(merged[-1][1], hi)
-      elif merged and lo <= merged[-1][1]:
-        merged.append([merged[-1][1] + 1, hi, c])
-      else:
-        merged.append([lo, hi, c])
-    runs.extend((idx[lo:hi + 1], c) for lo, hi, c in merged if hi >= lo)
-
-  proven: list[tuple[np.ndarray, np.ndarray]] = []
-  for idx, c in runs:
-    ok = idx[euler[idx] == c]
-    if len(ok) == 0:
-      continue
-    if c == 1:
-      y0, y1, x0, x1 = crops[ok].T
-      proven.append((ok, _quirk(x0, y0, x1 - 1, y1 - 1, height, width)[:, None, :], None))
-      continue
-    # Components of the run's lowest level, then their parts above each level of the run.
-    base = int(idx[0])
-    a, b, cc, d = crops[base].tolist()
-    qc = q[a:b, cc:d]
-    n, labels = cv2.connectedComponents((qc > work[base]).view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
-    if n - 1 != c:  # cannot happen; stay exact by falling back to contours
-      continue
-    levels = work[ok][:, None]
-    per_component = []
-    for i in range(1, n):
-      part = cv2.bitwise_and(qc, qc, mask=cv2.compare(labels, i, cv2.CMP_EQ))
-      rows = part.max(axis=1)[None, :] > levels
-      cols = part.max(axis=0)[None, :] > levels
-      y0 = rows.argmax(1) + a
-      y1 = rows.shape[1] - 1 - rows[:, ::-1].argmax(1) + a
-      x0 = cols.argmax(1) + cc
-      x1 = cols.shape[1] - 1 - cols[:, ::-1].argmax(1) + cc
-      per_component.append(_quirk(x0, y0, x1, y1, height, width))
-    proven.append((ok, np.stack(per_component, axis=1), None))  # (levels, c, 4)
   return proven
