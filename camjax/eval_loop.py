@@ -1,0 +1,170 @@
+"""Evaluation of a trained state: jitted CAMs on the mesh, scores on the host, JSON in the workdir.
+
+One forward pass per batch gives the logits and, for the top-k classes and the
+ground-truth class, the class activation maps upsampled to the image size.
+The maps come to the host batch by batch (each process takes its own rows)
+and feed the streaming accumulators of ``camjax.localization``:
+
+- paper protocol (Zhou et al. 2016): top-1/top-5 localization and
+  classification errors, GT-known localization accuracy;
+- WSOL protocol (Choe et al. 2020): MaxBoxAcc (v1), MaxBoxAccV2, top-1
+  localization, and PxAP when the data set has masks.
+
+Every process scores its share; the counts are summed across processes and
+process 0 writes ``eval_results.json`` and the ``eval`` records of ``metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+
+from camjax import cam, sharding, train_data
+from camjax.metrics_writer import MetricsWriter
+from camjax.models.base import NotCamCompatible
+
+log = logging.getLogger("camjax.eval")
+
+RESULTS_FILE = "eval_results.json"
+
+
+def _cam_fn(model_def: Any, top_k: int, dtype: Any, with_maps: bool):
+  """(params, stats, other, images, labels) -> logits, class ids (B, top_k + 1), maps (B, top_k + 1, S, S)."""
+
+  def fn(params, stats, other, images, labels):
+    model = model_def.merge(params, stats, other, train=False)
+    logits, features = model(images.astype(dtype))
+    logits = logits.astype(jnp.float32)
+    ids = jnp.concatenate([jax.lax.top_k(logits, top_k)[1], labels[:, None]], axis=1).astype(jnp.int32)
+    if not with_maps:
+      return logits, ids, jnp.zeros((images.shape[0], 0), jnp.float32)
+    kernel, _ = cam.cam_weights(model)
+    maps = cam.upsample_maps(cam.maps_from_features(features, kernel, ids), images.shape[1:3])
+    return logits, ids, maps
+
+  return fn
+
+
+def _local(x: jax.Array, mesh: Any) -> np.ndarray:
+  """This process's rows of a batch-sharded global array."""
+  if jax.process_count() == 1:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.global_array_to_host_local_array(x, mesh, jax.sharding.PartitionSpec(sharding.DATA)))
+
+
+def min_max(maps: np.ndarray) -> np.ndarray:
+  """Per-map min-max normalisation to [0, 1] (a constant map becomes all zeros)."""
+  lo = maps.min(axis=(-2, -1), keepdims=True)
+  span = maps.max(axis=(-2, -1), keepdims=True) - lo
+  return np.where(span > 0, (maps - lo) / np.where(span > 0, span, 1), 0.0).astype(np.float32)
+
+
+def _merge_across_processes(accumulator: Any) -> None:
+  """Sum an accumulator's counts over processes (every process ends with the totals)."""
+  if jax.process_count() == 1:
+    return
+  states = sharding.gather_json({k: np.asarray(v).tolist() for k, v in accumulator.state().items()})
+  total = {k: np.sum([np.asarray(s[k]) for s in states], axis=0) for k in states[0]}
+  accumulator.load_state(total)
+
+
+def _is_cam_model(model_def: Any, state: dict) -> bool:
+  model = model_def.merge(state["params"], state["batch_stats"], state["other"], train=False)
+  try:
+    cam.cam_weights(model)
+    return True
+  except NotCamCompatible:
+    return False
+
+
+def evaluate(model_state: Any, config: Any, workdir: str) -> dict:
+  """Score ``model_state`` (a ``camjax.train.TrainResult``) on the eval split; write JSON to ``workdir``."""
+  from camjax import localization
+
+  mesh, model_def, state = model_state.mesh, model_state.model_def, model_state.state
+  top_k = int(min(config.eval.top_k, config.model.num_classes))
+  with_maps = _is_cam_model(model_def, state)
+  if not with_maps:
+    log.warning("%s has no global-pooling linear head: only classification is scored "
+                "(use camjax.saliency for its localization maps)", config.model.name)
+  from camjax.train import COMPUTE_DTYPES
+
+  batch_sharding = sharding.batch_sharding(mesh)
+  fn = jax.jit(_cam_fn(model_def, top_k, COMPUTE_DTYPES[config.model.dtype], with_maps),
+               out_shardings=(batch_sharding, batch_sharding, batch_sharding))
+
+  protocols = set(config.eval.protocols) if with_maps else set()
+  thresholds = np.arange(0.0, 1.0, config.eval.wsol_threshold_step)
+  paper = localization.PaperAccumulator(config.eval.paper_threshold) if "paper" in protocols else None
+  wsol = (localization.WsolAccumulator(thresholds, tuple(config.eval.iou_thresholds), "both")
+          if "wsol" in protocols else None)
+  pxap = None
+  correct1 = correct5 = count = 0
+
+  batches = train_data.eval_batches(config, process_index=jax.process_index(), process_count=jax.process_count())
+  from tqdm import tqdm
+
+  for batch in tqdm(batches, desc="eval", unit="batch", disable=jax.process_index() != 0 or not config.training.progress_bar):
+    images = jax.make_array_from_process_local_data(batch_sharding, np.asarray(batch["image"], np.float32))
+    labels = jax.make_array_from_process_local_data(batch_sharding, np.asarray(batch["label"], np.int32))
+    _, ids, maps = (_local(x, mesh) for x in fn(state["params"], state["batch_stats"], state["other"], images, labels))
+    valid = np.asarray(batch["valid"], bool)
+    if not valid.any():
+      continue
+    ids, maps = ids[valid], maps[valid]
+    label = np.asarray(batch["label"])[valid]
+    count += int(valid.sum())
+    correct1 += int((ids[:, 0] == label).sum())
+    correct5 += int((ids[:, :min(5, top_k)] == label[:, None]).any(axis=1).sum())
+    if not protocols:
+      continue
+    nb = np.asarray(batch["num_boxes"])[valid]
+    boxes = [np.asarray(b[:n]).round().astype(np.int64) for b, n in zip(np.asarray(batch["boxes"])[valid], nb)]
+    if paper is not None:
+      paper.add(maps[:, :top_k], ids[:, :top_k], [int(v) for v in label], boxes, gt_known_cams=maps[:, top_k])
+    gt_maps = min_max(maps[:, top_k])
+    if wsol is not None:
+      wsol.add(gt_maps, boxes, top1_correct=ids[:, 0] == label)
+    if "mask" in batch and "wsol" in protocols:
+      if pxap is None:
+        pxap = localization.PxapAccumulator(thresholds)
+      pxap.add(gt_maps, np.asarray(batch["mask"])[valid] > 0)
+
+  totals = sharding.gather_json([correct1, correct5, count])
+  correct1, correct5, count = (int(sum(t[i] for t in totals)) for i in range(3))
+  if count == 0:
+    raise ValueError(f"the eval split {config.data.eval_split!r} gave no valid example")
+  results: dict[str, Any] = {
+      "step": int(model_state.step), "num_images": count,
+      "classification": {"top1_acc": 100.0 * correct1 / count, "top5_acc": 100.0 * correct5 / count},
+  }
+  for name, acc in (("paper", paper), ("wsol", wsol), ("pxap", pxap)):
+    if acc is not None:
+      _merge_across_processes(acc)
+      results[name] = acc.result()
+  if wsol is not None:
+    wsol.close()
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
+      json.dump(results, f, indent=2, default=float)
+    with MetricsWriter(workdir) as writer:
+      writer.write(model_state.step, _flatten(results), split="eval")
+  return results
+
+
+def _flatten(results: dict, prefix: str = "") -> dict:
+  flat = {}
+  for key, value in results.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      flat.update(_flatten(value, name + "/"))
+    elif isinstance(value, (int, float)) and key not in ("step",):
+      flat[name] = value
+  return flat
