@@ -129,28 +129,29 @@ def euler_numbers(q: np.ndarray) -> np.ndarray:
   """Euler number (8-connected foreground, 4-connected background) of ``q > L`` for L = 0..255.
 
   Gray's bit-quad count over the 2x2 cells of the zero-padded map: E = (n1 - n3 - 2 nD) / 4.
-  A cell's foreground count only changes at its four values, so every level comes from a
-  few histograms of the cells' sorted values. (L = -1 is not covered: padding is 0.)
+  With the cells' sorted values s1 <= s2 <= s3 <= s4, a cell has one pixel above L for
+  s3 <= L < s4 and three for s1 <= L < s2, so n1 - n3 at every level comes from histograms:
+  +s2 +s3 -s1 -s4. Every pixel lies in 4 cells, so hist(s1) + hist(s4) = 4 hist(q) + padding
+  - hist(s2) - hist(s3), and {s2, s3} are the two middle values of the cell: three histograms
+  in all. (L = -1 is not covered: the padding is 0.)
   """
-  p = np.zeros((q.shape[0] + 2, q.shape[1] + 2), np.uint8)
+  height, width = q.shape
+  p = np.zeros((height + 2, width + 2), np.uint8)
   p[1:-1, 1:-1] = q
   a, b, c, d = p[:-1, :-1], p[:-1, 1:], p[1:, :-1], p[1:, 1:]
   lo, hi = cv2.min, cv2.max  # far faster than NumPy on strided uint8 views
   ab_lo, ab_hi = lo(a, b), hi(a, b)
   cd_lo, cd_hi = lo(c, d), hi(c, d)
-  s1, s4 = lo(ab_lo, cd_lo), hi(ab_hi, cd_hi)
-  mid_lo, mid_hi = hi(ab_lo, cd_lo), lo(ab_hi, cd_hi)
-  s2, s3 = lo(mid_lo, mid_hi), hi(mid_lo, mid_hi)
-  # Two pixels above L for s2 <= L < s3: the two >= s3; diagonal when they are (a, d) or (b, c).
-  ge = lambda x: cv2.compare(x, s3, cv2.CMP_GE)
-  diag = cv2.bitwise_and(cv2.bitwise_or(cv2.bitwise_and(ge(a), ge(d)), cv2.bitwise_and(ge(b), ge(c))),
-                         cv2.compare(s2, s3, cv2.CMP_LT))
-  h1, h2, h3, h4 = (_histogram(x, 256) for x in (s1, s2, s3, s4))
-  cells = np.flatnonzero(diag)  # diagonal pairs are rare in smooth maps: count them directly
-  d2 = np.bincount(s2.ravel()[cells], minlength=256)
-  d3 = np.bincount(s3.ravel()[cells], minlength=256)
-  # A cell is in a state over the level interval [lo, hi): +1 at lo, -1 at hi.
-  delta = (h3 - h4) - (h1 - h2) - 2 * (d2 - d3)
+  mid_lo, mid_hi = hi(ab_lo, cd_lo), lo(ab_hi, cd_hi)  # the two middle values, in some order
+  middle = _histogram(mid_lo, 256) + _histogram(mid_hi, 256)
+  delta = 2 * middle - 4 * _histogram(q, 256)
+  delta[0] -= 4 * (height + width + 1)  # padding pixels' cell memberships, all at value 0
+  # Diagonal pairs (two pixels above L, on a diagonal): a, d > L >= b, c for max(b, c) <= L < min(a, d),
+  # and the other diagonal likewise; rare in smooth maps, so counted directly.
+  for (u, v), (x, y) in (((a, d), (b, c)), ((b, c), (a, d))):
+    start, end = hi(x, y), lo(u, v)
+    cells = np.flatnonzero(cv2.compare(start, end, cv2.CMP_LT).ravel() > 0)
+    delta -= 2 * (np.bincount(start.ravel()[cells], minlength=256) - np.bincount(end.ravel()[cells], minlength=256))
   return np.rint(np.cumsum(delta) / 4).astype(np.int64)
 
 
@@ -165,12 +166,13 @@ def regional_maxima_values(q: np.ndarray) -> np.ndarray:
   # A flat zone of `top` pixels that touches an equal pixel with a higher neighbour is not maximal.
   spoiled = cv2.bitwise_and(top, cv2.compare(cv2.dilate(lower, kernel), q, cv2.CMP_EQ))
   n, labels = cv2.connectedComponents(top, connectivity=8, ltype=cv2.CV_32S)
-  on = top.view(bool)
+  idx = np.flatnonzero(top > 0)  # (a bool mask: nonzero on uint8 is several times slower)
+  zone = labels.ravel()[idx]
   values = np.zeros(n, np.int64)
-  values[labels[on]] = q[on]
+  values[zone] = q.ravel()[idx]
   ok = np.ones(n, bool)
   ok[0] = False
-  ok[labels[spoiled.view(bool)]] = False
+  ok[zone[spoiled.ravel()[idx] > 0]] = False
   return np.sort(values[ok])[::-1]
 
 
