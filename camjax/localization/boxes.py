@@ -196,12 +196,10 @@ def wsol_level_best_iou(scoremap: np.ndarray, gt_boxes: np.ndarray, cam_threshol
   """Best IoU (len(modes), T) of each CAM threshold's boxes against ``gt_boxes``.
 
   ``modes`` lists ``multi_contour`` flags; both modes come from the same contour call.
-  Work is at most one contour extraction per distinct binarization hit by the thresholds,
-  and none for levels proven to hold one component without holes (``shortcut``): there the
-  only border is the component's outer one and its box is the foreground's bounding box.
-  Proof: a level with at most one regional maximum above it, or inside a range without
-  new maxima below a level seen to be connected, has one component (C = 1); the Euler
-  number E = C - H then gives the hole count H.
+  Work is at most one contour extraction per distinct binarization hit by the thresholds
+  (on the crop holding its foreground), and none for levels whose borders are proven to be
+  the outer borders of known components (``shortcut``, see ``_proven_boxes``). With
+  ``shortcut=False`` this is the plain deduplicated sweep, kept as a cross-check.
   """
   height, width = scoremap.shape
   q = quantize(scoremap)
@@ -226,14 +224,14 @@ def wsol_level_best_iou(scoremap: np.ndarray, gt_boxes: np.ndarray, cam_threshol
   y1 = height - np.searchsorted(np.maximum.accumulate(rowmax[::-1]), work, side="right")
   x0 = np.searchsorted(np.maximum.accumulate(colmax), work, side="right")
   x1 = width - np.searchsorted(np.maximum.accumulate(colmax[::-1]), work, side="right")
-  crops = list(zip(y0.tolist(), y1.tolist(), x0.tolist(), x1.tolist()))
+  crops = np.stack([y0, y1, x0, x1], axis=1)
 
   find, tree, simple = cv2.findContours, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE
   cache: dict[int, tuple] = {}
 
   def contours_at(j: int) -> tuple:
     if j not in cache:
-      a, b, c, d = crops[j]
+      a, b, c, d = crops[j].tolist()
       binary = (q[a:b, c:d] > work[j]).view(np.uint8)
       cache[j] = find(binary, tree, simple, offset=(c, a))
     return cache[j]
@@ -243,8 +241,7 @@ def wsol_level_best_iou(scoremap: np.ndarray, gt_boxes: np.ndarray, cam_threshol
   skip = int(np.searchsorted(work, 0))  # level -1 (negative thresholds: all foreground) is left out
   if shortcut and len(work) > skip:
     proven = [(idx + skip, boxes, present) for idx, boxes, present in
-              _proven_boxes(q, work[skip:], np.array(crops[skip:], np.int64).reshape(-1, 4),
-                            lambda j: contours_at(j + skip))]
+              _proven_boxes(q, work[skip:], crops[skip:], lambda j: contours_at(j + skip))]
 
   gt = np.asarray(gt_boxes, np.int64)
   empty_iou = float(iou(_EMPTY_BOX, gt).max())
@@ -312,8 +309,12 @@ def _proven_boxes(q: np.ndarray, work: np.ndarray, crops: np.ndarray, contours_a
   """
   height, width = q.shape
   n = len(work)
-  euler = euler_numbers(q)[work]
-  maxima = regional_maxima_values(q)
+  # Everything above the lowest level lies in its crop; outside it the map is at or below
+  # that level, which is what the Euler count's zero padding and the maxima test assume.
+  a, b, c, d = crops[0].tolist()
+  inner = q[a:b, c:d]
+  euler = euler_numbers(inner)[work]
+  maxima = regional_maxima_values(inner)
   above = len(maxima) - np.searchsorted(maxima[::-1], work, side="right")  # maxima strictly above each level
   count = np.zeros(n, np.int64)
   free = np.zeros(n, bool)  # proven: C = count and no hole
