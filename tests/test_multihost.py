@@ -6,6 +6,7 @@ Their checkpoint then restores in this (single-device) process.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -26,8 +27,9 @@ def test_two_processes_match_one_process_and_restore_in_one(tmp_path):
   launcher = [os.path.join(h.ROOT, "launch", "local_multiprocess.sh"), "-n", "2", "-d", "2",
               "-p", str(portpicker.pick_unused_port()), "-l", str(tmp_path / "logs"), "--python", sys.executable,
               "--", f"--config={h.TINY}", f"--workdir={multi}", *STEPS]
+  launcher.append("--mode=train_and_eval")
   launched = subprocess.Popen(launcher, cwd=h.ROOT, env=h.env(1))
-  reference = h.run(h.cli(single, *STEPS), devices=4)
+  reference = h.run(h.cli(single, *STEPS, mode="train_and_eval"), devices=4)
   assert launched.wait(timeout=240) == 0, open(tmp_path / "logs" / "process_0.log").read()[-3000:]
   assert reference.returncode == 0, reference.stderr[-3000:]
 
@@ -36,8 +38,14 @@ def test_two_processes_match_one_process_and_restore_in_one(tmp_path):
   assert sorted(multi_losses) == [1, 2, 3, 4]
   np.testing.assert_allclose([multi_losses[s] for s in range(1, 5)], [single_losses[s] for s in range(1, 5)],
                              rtol=1e-5)
-  # Only process 0 writes metrics: one record per step.
-  assert len(open(os.path.join(multi, "metrics.jsonl")).read().splitlines()) == 4
+  # Only process 0 writes metrics: one record per step, then one eval record.
+  assert len(open(os.path.join(multi, "metrics.jsonl")).read().splitlines()) == 5
+  # Each process scored its half of the eval split; the counts were summed.
+  multi_eval = json.load(open(os.path.join(multi, "eval_results.json")))
+  single_eval = json.load(open(os.path.join(single, "eval_results.json")))
+  assert multi_eval["num_images"] == single_eval["num_images"] == 16
+  assert multi_eval["classification"] == single_eval["classification"]
+  assert multi_eval["paper"]["num_images"] == multi_eval["wsol"]["num_images"] == 16
   assert h.checkpoint_steps(multi) == [4]
 
   # The checkpoint the two processes wrote restores in one process with one device.

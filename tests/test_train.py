@@ -200,3 +200,18 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(reference, tmp_pat
   assert "resumed from checkpoint at step 6" in proc.stderr
   assert os.listdir(os.path.join(workdir, "corrupt_checkpoints"))
   h.assert_bitwise_equal(h.read_state(workdir), h.read_state(reference))
+
+
+def test_train_and_eval_writes_consistent_scores(tmp_path):
+  import json
+
+  from camjax import main
+
+  workdir = str(tmp_path / "eval")
+  results = main.run(tiny(**{"training.num_steps": 2}), workdir, "train_and_eval")
+  saved = json.load(open(os.path.join(workdir, "eval_results.json")))
+  assert saved["num_images"] == 16 and saved["step"] == 2
+  np.testing.assert_allclose(saved["classification"]["top1_acc"], 100 - saved["paper"]["top1_cls_err"])
+  assert 0 <= saved["wsol"]["MaxBoxAccV2"] <= 100 and "MaxBoxAcc" in saved["wsol"]
+  assert results["wsol"]["MaxBoxAccV2"] == saved["wsol"]["MaxBoxAccV2"]
+  assert read_metrics(workdir, "eval")[-1]["wsol/MaxBoxAccV2"] == saved["wsol"]["MaxBoxAccV2"]

@@ -1,0 +1,95 @@
+"""Training throughput of the sharded train step, and its achieved FLOP/s against a matmul peak.
+
+``python -m benchmarks.bench_train``. The step is the one ``camjax.train`` runs
+(forward, backward, SGD with per-group learning rates and weight decay) for
+googlenet_gap and vgg16_gap at 224 px on all local devices. FLOPs per step come
+from XLA's cost analysis of the compiled step; the peak is a float32 matrix
+multiply measured in the same run, so the ratio is meaningful on any machine.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks.common import median_seconds
+from camjax import sharding, train
+from configs import default
+
+MODELS = ("googlenet_gap", "vgg16_gap")
+
+
+def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
+  """FLOP/s of a jitted float32 (n x n) @ (n x n)."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+  f = jax.jit(jnp.dot)
+  seconds = median_seconds(lambda: f(a, b).block_until_ready(), repeats=repeats)
+  return 2.0 * n ** 3 / seconds
+
+
+def _flops(compiled) -> float:
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else {}
+  return float((analysis or {}).get("flops", float("nan")))
+
+
+def step_throughput(name: str, *, batch: int, size: int = 224, steps: int = 3) -> dict:
+  """Images per second and FLOP/s of the train step of ``name``."""
+  c = default.get_config()
+  c.model.name = name
+  c.data.name = "synthetic"
+  c.data.image_size = size
+  c.optimizer.new_layer_patterns = ("cam_conv/.*", "head/.*")
+  c.training.global_batch_size = batch
+  c.training.num_steps = steps + 1
+  mesh = sharding.make_mesh(-1, 1)
+  state, shardings, model_def, tx, schedule = train.init_state(c, mesh, c.training.num_steps)
+  step_fn = train.make_train_step(model_def, tx, schedule, c, mesh)
+  batch_shardings = {"image": sharding.batch_sharding(mesh), "label": sharding.batch_sharding(mesh)}
+  rng = np.random.default_rng(0)
+  data = sharding.global_batch(mesh, {"image": rng.normal(size=(batch, size, size, 3)).astype(np.float32),
+                                      "label": rng.integers(0, 1000, batch).astype(np.int32)})
+  jitted = jax.jit(step_fn, in_shardings=(shardings, batch_shardings),
+                   out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+  compiled = jitted.lower(state, data).compile()
+  flops = _flops(compiled)
+  holder = {"state": state}
+
+  def one_step():
+    holder["state"], metrics = compiled(holder["state"], data)
+    jax.block_until_ready(metrics)
+
+  seconds = median_seconds(one_step, repeats=steps, warmup=1)
+  return {"benchmark": f"train_throughput/{name}", "value": batch / seconds, "unit": "images/s",
+          "batch": batch, "size": size, "devices": jax.device_count(), "step_s": round(seconds, 3),
+          "flops_per_step": flops, "achieved_flops": flops / seconds}
+
+
+def run(batch: int = 4) -> list[dict]:
+  peak = matmul_peak()
+  rows = []
+  for name in MODELS:
+    try:
+      row = step_throughput(name, batch=batch)
+    except Exception as e:  # noqa: BLE001 - one broken model must not hide the other's number
+      rows.append({"benchmark": f"train_throughput/{name}", "value": float("nan"), "unit": "images/s",
+                   "error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"})
+      continue
+    row["matmul_peak_flops"] = peak
+    row["fraction_of_peak"] = row["achieved_flops"] / peak
+    rows.append(row)
+  rows.append({"benchmark": "train_throughput/matmul_peak", "value": peak / 1e9, "unit": "GFLOP/s",
+               "n": 2048, "dtype": "float32"})
+  return rows
+
+
+if __name__ == "__main__":
+  from benchmarks.run import markdown
+
+  print(markdown(run()))
+  sys.exit(0)
