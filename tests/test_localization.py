@@ -12,7 +12,7 @@ import pytest
 
 from camjax import localization as loc
 import cv2
-from camjax.localization.boxes import (_component_count, cam_levels, euler_numbers, quantize,
+from camjax.localization.boxes import (_component_areas, _component_count, cam_levels, euler_numbers, quantize,
                                      regional_maxima_values, wsol_boxes_at_level, wsol_level_best_iou)
 
 
@@ -300,3 +300,25 @@ def test_bad_input_paper_and_pxap():
     loc.pxap(np.zeros((1, 4, 4)), np.ones((1, 4, 5), bool))
   with pytest.raises(ValueError, match="protocol must be"):
     loc.boxes_from_cam(np.zeros((4, 4)), 0.5, protocol="other")
+
+
+def test_component_areas_equal_contour_areas_without_holes():
+  # 3x3 square: polygon through the border pixel centres has area 4; an L-tromino 0.5; a line 0.
+  m = np.zeros((8, 12), np.uint8)
+  m[1:4, 1:4] = 9
+  m[5, 1:3] = 9
+  m[6, 1] = 9
+  m[1, 6:11] = 9
+  labels = cv2.connectedComponents((m > 0).view(np.uint8), connectivity=8, ltype=cv2.CV_32S)[1]
+  areas = _component_areas(m, labels, 3, np.array([0]))[0]
+  assert sorted(areas.tolist()) == [0.0, 0.5, 4.0]
+  rng = np.random.default_rng(4)
+  for _ in range(300):
+    img = (rng.random(rng.integers(2, 12, 2)) < rng.uniform(0.3, 0.9)).astype(np.uint8)
+    n, labels = cv2.connectedComponents(img, connectivity=8, ltype=cv2.CV_32S)
+    contours, hierarchy = cv2.findContours(img, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)
+    areas = _component_areas(img, labels, n - 1, np.array([0]))[0]
+    for i, c in enumerate(contours):
+      if hierarchy[0, i, 3] == -1 and hierarchy[0, i, 2] == -1:  # outer border without holes
+        x, y = c[0, 0]
+        assert areas[labels[y, x] - 1] == cv2.contourArea(c)

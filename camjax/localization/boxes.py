@@ -247,8 +247,8 @@ def wsol_level_best_iou(scoremap: np.ndarray, gt_boxes: np.ndarray, cam_threshol
   proven: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]] = []
   skip = int(np.searchsorted(work, 0))  # level -1 (negative thresholds: all foreground) is left out
   if shortcut and len(work) > skip:
-    proven = [(idx + skip, boxes, present) for idx, boxes, present in
-              _proven_boxes(q, work[skip:], crops[skip:], lambda j: contours_at(j + skip))]
+    proven = [(idx + skip, boxes, present, choice) for idx, boxes, present, choice in
+              _proven_boxes(q, work[skip:], crops[skip:], lambda j: contours_at(j + skip), single=not all(modes))]
 
   gt = np.asarray(gt_boxes, np.int64)
   empty_iou = float(iou(_EMPTY_BOX, gt).max())
@@ -257,7 +257,13 @@ def wsol_level_best_iou(scoremap: np.ndarray, gt_boxes: np.ndarray, cam_threshol
   bounding, area = cv2.boundingRect, cv2.contourArea
   for m, multi in enumerate(modes):
     done = np.zeros(len(work), bool)
-    groups = [g for g in proven if multi or g[1].shape[1] == 1]  # single box proven only for one component
+    groups = []
+    for idx, boxes, present, choice in proven:
+      if not multi:  # the single-contour box, where proven
+        ok = choice >= 0
+        idx, boxes, present = idx[ok], boxes[ok, choice[ok]][:, None, :], None
+      if len(idx):
+        groups.append((idx, boxes, present))
     if groups:
       per_box = iou(np.concatenate([g[1].reshape(-1, 4) for g in groups]), gt).max(axis=1)
       start = 0
@@ -301,8 +307,9 @@ def _quirk(x0, y0, x1, y1, height: int, width: int) -> np.ndarray:
   return np.stack([x0, y0, np.minimum(x1 + 1, width - 1), np.minimum(y1 + 1, height - 1)], axis=-1)
 
 
-def _proven_boxes(q: np.ndarray, work: np.ndarray, crops: np.ndarray, contours_at) -> list:
-  """Groups (work indices, boxes (levels, C, 4), present mask or None) proven without their own contour call.
+def _proven_boxes(q: np.ndarray, work: np.ndarray, crops: np.ndarray, contours_at, single: bool = False) -> list:
+  """Groups (work indices, boxes (levels, C, 4), present mask or None, single-contour choice) proven without
+  their own contour call. The choice is the index of the single-contour box per level, -1 where unproven.
 
   Component counts C for every level (ascending ``work``, all >= 0), walking down from the top:
   - a component of ``q > L`` either contains one of ``q > L'`` (L < L') or holds a regional
@@ -312,7 +319,10 @@ def _proven_boxes(q: np.ndarray, work: np.ndarray, crops: np.ndarray, contours_a
   Hole-free levels with C = 1: the only border is the outer one, its box the foreground's
   bounding box. C >= 2: label the components of a level a once; at a level L >= a, if the
   number of those components reaching above L equals C(L), each holds exactly one component
-  of ``q > L``, so the boxes are the bounding boxes of each one's part above L.
+  of ``q > L``, so the boxes are the bounding boxes of each one's part above L. With
+  ``single``, the largest border is picked by contour area, which for a component without
+  holes is (2x2 cells with 4 of its pixels) + 0.5 (cells with 3); ties are left unproven
+  (OpenCV's order would decide them).
   """
   height, width = q.shape
   n = len(work)
@@ -340,7 +350,7 @@ def _proven_boxes(q: np.ndarray, work: np.ndarray, crops: np.ndarray, contours_a
   one = np.flatnonzero(free & (count == 1))
   if len(one):
     y0, y1, x0, x1 = crops[one].T
-    proven.append((one, _quirk(x0, y0, x1 - 1, y1 - 1, height, width)[:, None, :], None))
+    proven.append((one, _quirk(x0, y0, x1 - 1, y1 - 1, height, width)[:, None, :], None, np.zeros(len(one), np.int64)))
   several = np.flatnonzero(free & (count >= 2))
   pos = 0
   while pos < len(several):
@@ -366,6 +376,32 @@ def _proven_boxes(q: np.ndarray, work: np.ndarray, crops: np.ndarray, contours_a
     y1 = np.stack([l for _, l in bounds[0]], axis=1) + a
     x0 = np.stack([f for f, _ in bounds[1]], axis=1) + cc
     x1 = np.stack([l for _, l in bounds[1]], axis=1) + cc
-    proven.append((take, _quirk(x0, y0, x1, y1, height, width), present))
+    choice = np.full(len(take), -1, np.int64)
+    if single:
+      area = np.where(present, _component_areas(qc, labels, num - 1, levels), -1.0)
+      top_area = area.max(axis=1, keepdims=True)
+      unique = (area == top_area).sum(axis=1) == 1
+      choice[unique] = area[unique].argmax(axis=1)
+    proven.append((take, _quirk(x0, y0, x1, y1, height, width), present, choice))
     pos += stop
   return proven
+
+
+def _component_areas(qc: np.ndarray, labels: np.ndarray, count: int, levels: np.ndarray) -> np.ndarray:
+  """(levels, count) contour areas of each labelled component's part above each level (no holes)."""
+  p = np.zeros((qc.shape[0] + 2, qc.shape[1] + 2), np.uint8)
+  p[1:-1, 1:-1] = qc
+  lab = np.zeros(p.shape, np.int32)
+  lab[1:-1, 1:-1] = labels
+  a, b, c, d = p[:-1, :-1], p[:-1, 1:], p[1:, :-1], p[1:, 1:]
+  ab_lo, ab_hi, cd_lo, cd_hi = cv2.min(a, b), cv2.max(a, b), cv2.min(c, d), cv2.max(c, d)
+  s1 = cv2.min(ab_lo, cd_lo).ravel()  # 4 pixels above L while L < s1
+  s2 = cv2.min(cv2.max(ab_lo, cd_lo), cv2.min(ab_hi, cd_hi)).ravel()  # at least 3 while L < s2
+  owner = cv2.max(cv2.max(lab[:-1, :-1], lab[:-1, 1:]), cv2.max(lab[1:, :-1], lab[1:, 1:])).ravel()
+  cells = np.flatnonzero(s2 > levels.min())
+  size = (count + 1) * 256
+  h1 = np.bincount(owner[cells] * 256 + s1[cells], minlength=size).reshape(count + 1, 256)
+  h2 = np.bincount(owner[cells] * 256 + s2[cells], minlength=size).reshape(count + 1, 256)
+  above = lambda h: h.sum(axis=1, keepdims=True) - np.cumsum(h, axis=1)  # cells with value > L, at column L
+  area = 0.5 * (above(h1) + above(h2))[1:]  # (count, 256)
+  return area[:, levels].T
