@@ -82,7 +82,7 @@ class PaperAccumulator:
       first guess) with ``heuristic_thresholds`` on a 0..255 scale of the max-normalized map.
   """
 
-  _KEYS = ("num_images", "top1_cls", "top5_cls", "top1_loc", "top5_loc", "gt_known_loc", "num_gt_known")
+  _KEYS = ("num_images", "num_topk", "top1_cls", "top5_cls", "top1_loc", "top5_loc", "gt_known_loc", "num_gt_known")
 
   def __init__(self, threshold: float = 0.2, iou_threshold: float = 0.5, *, heuristic: bool = False,
                heuristic_thresholds: Sequence[float] = DEFAULT_HEURISTIC_THRESHOLDS):
@@ -134,6 +134,7 @@ class PaperAccumulator:
       labels = _labels_per_box(gt_labels[i], len(boxes[i]), offset + i)
       if cams is not None:
         self._score_topk(cams[i], classes[i], boxes[i], labels)
+        self.counts["num_topk"] += 1
       if known is not None:
         box = paper_box(known[i], self.threshold)
         self.counts["gt_known_loc"] += int(len(box) > 0 and iou(box, boxes[i]).max() >= self.iou_threshold)
@@ -159,6 +160,7 @@ class PaperAccumulator:
     self.counts["top5_loc"] += int(any(hits))
 
   def state(self) -> dict[str, np.ndarray]:
+    """Plain counts; add the same keys across processes, then ``load_state``."""
     return {k: np.array(v, np.int64) for k, v in self.counts.items()}
 
   def load_state(self, state: dict[str, Any]) -> "PaperAccumulator":
@@ -168,6 +170,7 @@ class PaperAccumulator:
   def merge(self, other: "PaperAccumulator") -> "PaperAccumulator":
     for k in self._KEYS:
       self.counts[k] += other.counts[k]
+    self.top_k = self.top_k or other.top_k
     return self
 
   def result(self) -> dict[str, Any]:
@@ -181,10 +184,11 @@ class PaperAccumulator:
     n = c["num_images"]
     if n == 0:
       raise ValueError("no images were added; call add() before result()")
-    if self.top_k is not None:
+    if c["num_topk"]:
       for key in ("top1_cls", "top5_cls", "top1_loc", "top5_loc"):
-        out[f"{key}_err"] = 100.0 - 100.0 * c[key] / n
-      out["top_k"] = self.top_k
+        out[f"{key}_err"] = 100.0 - 100.0 * c[key] / c["num_topk"]
+      if self.top_k is not None:
+        out["top_k"] = self.top_k
     if c["num_gt_known"]:
       out["gt_known_loc_acc"] = 100.0 * c["gt_known_loc"] / c["num_gt_known"]
     return out
