@@ -43,6 +43,15 @@ def iou(boxes_a: Any, boxes_b: Any) -> np.ndarray:
   return np.where(ok, inter / np.where(ok, union, 1), 0.0)
 
 
+def _iou_one(a, b) -> float:
+  """IoU of two boxes given as Python sequences (same convention as ``iou``)."""
+  iw = max(0, min(a[2], b[2]) - max(a[0], b[0]) + 1)
+  ih = max(0, min(a[3], b[3]) - max(a[1], b[1]) + 1)
+  inter = iw * ih
+  union = (a[2] - a[0] + 1) * (a[3] - a[1] + 1) + (b[2] - b[0] + 1) * (b[3] - b[1] + 1) - inter
+  return inter / union if union > 0 else 0.0
+
+
 def quantize(scoremap: np.ndarray) -> np.ndarray:
   """``floor(255 * S)`` as uint8 (exact: the product is formed in float64)."""
   return (np.asarray(scoremap, dtype=np.float64) * 255.0).astype(np.uint8)
@@ -198,6 +207,29 @@ def _component_count(hierarchy: np.ndarray | None, count: int) -> int:
   return outer
 
 
+def _distinct(levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Sorted distinct levels in [-1, 256] and each input's index among them."""
+  hit = np.zeros(258, bool)
+  hit[levels + 1] = True
+  return np.flatnonzero(hit) - 1, np.cumsum(hit)[levels + 1] - 1
+
+
+class LevelTable:
+  """CAM thresholds with their distinct integer levels cached per map maximum (reused across maps)."""
+
+  def __init__(self, cam_thresholds: Any):
+    self.thresholds = np.asarray(cam_thresholds, np.float64)
+    self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+  def __len__(self) -> int:
+    return len(self.thresholds)
+
+  def __call__(self, max_level: int) -> tuple[np.ndarray, np.ndarray]:
+    if max_level not in self._cache:
+      self._cache[max_level] = _distinct(np.clip(cam_levels(self.thresholds, max_level), -1, 255))
+    return self._cache[max_level]
+
+
 def wsol_level_best_iou(scoremap: np.ndarray, gt_boxes: np.ndarray, cam_thresholds: np.ndarray,
                         modes: tuple[bool, ...] = (True,), *, shortcut: bool = True) -> np.ndarray:
   """Best IoU (len(modes), T) of each CAM threshold's boxes against ``gt_boxes``.
@@ -211,17 +243,16 @@ def wsol_level_best_iou(scoremap: np.ndarray, gt_boxes: np.ndarray, cam_threshol
   height, width = scoremap.shape
   q = quantize(scoremap)
   max_level = int(q.max())
-  levels = cam_levels(cam_thresholds, max_level)
-  lv = np.clip(levels, -1, 255)
-  if not shortcut:
+  if not isinstance(cam_thresholds, LevelTable):
+    cam_thresholds = LevelTable(cam_thresholds)
+  if shortcut:
+    distinct, inverse = cam_thresholds(max_level)
+  else:
     # Canonical level: q > L equals q > (next present value above L) - 1; >= max means empty.
     present = np.append(_histogram(q, 256) > 0, True)
     next_present = np.flatnonzero(present)
-    lv = next_present[np.searchsorted(next_present, lv, side="right")] - 1
-  hit = np.zeros(258, bool)
-  hit[lv + 1] = True
-  distinct = np.flatnonzero(hit) - 1
-  inverse = np.cumsum(hit)[lv + 1] - 1
+    lv = np.clip(cam_levels(cam_thresholds.thresholds, max_level), -1, 255)
+    distinct, inverse = _distinct(next_present[np.searchsorted(next_present, lv, side="right")] - 1)
   nonempty = distinct < max_level
   work = distinct[nonempty]
   # Foreground crops (global bounding boxes) of every distinct level at once: the first row
@@ -251,7 +282,7 @@ def wsol_level_best_iou(scoremap: np.ndarray, gt_boxes: np.ndarray, cam_threshol
               _proven_boxes(q, work[skip:], crops[skip:], lambda j: contours_at(j + skip), single=not all(modes))]
 
   gt = np.asarray(gt_boxes, np.int64)
-  empty_iou = float(iou(_EMPTY_BOX, gt).max())
+  empty_iou = max(_iou_one((0, 0, 0, 0), g) for g in gt.tolist())
   best = np.full((len(modes), len(distinct)), empty_iou)
   where = np.flatnonzero(nonempty)
   bounding, area = cv2.boundingRect, cv2.contourArea
@@ -304,7 +335,12 @@ def _first_last(profile: np.ndarray, levels: np.ndarray) -> tuple[np.ndarray, np
 
 def _quirk(x0, y0, x1, y1, height: int, width: int) -> np.ndarray:
   """Tight inclusive bounds -> the standard's ``(x, y, min(x + w, W - 1), min(y + h, H - 1))``."""
-  return np.stack([x0, y0, np.minimum(x1 + 1, width - 1), np.minimum(y1 + 1, height - 1)], axis=-1)
+  out = np.empty(np.shape(x0) + (4,), np.int64)
+  out[..., 0] = x0
+  out[..., 1] = y0
+  np.minimum(x1 + 1, width - 1, out=out[..., 2])
+  np.minimum(y1 + 1, height - 1, out=out[..., 3])
+  return out
 
 
 def _proven_boxes(q: np.ndarray, work: np.ndarray, crops: np.ndarray, contours_at, single: bool = False) -> list:
@@ -355,15 +391,25 @@ def _proven_boxes(q: np.ndarray, work: np.ndarray, crops: np.ndarray, contours_a
   pos = 0
   while pos < len(several):
     base = int(several[pos])
-    a, b, cc, d = crops[base].tolist()
-    qc = q[a:b, cc:d]
-    num, labels = cv2.connectedComponents((qc > work[base]).view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
-    if num - 1 != count[base]:  # cannot happen; stay exact by leaving the level to the contour finder
-      pos += 1
-      continue
-    parts = [cv2.bitwise_and(qc, qc, mask=cv2.compare(labels, i, cv2.CMP_EQ)) for i in range(1, num)]
-    rowmax = [p.max(axis=1) for p in parts]
-    colmax = [p.max(axis=0) for p in parts]
+    level = int(work[base])
+    # Components of the base level: when their bounding boxes are disjoint, each box holds
+    # only its own component's pixels above the level, so no labelling is needed.
+    contours = contours_at(base)[0]
+    rects = [cv2.boundingRect(k) for k in contours]
+    if len(rects) == count[base] and _disjoint(rects):
+      subs = [(q[y:y + h, x:x + w], y, x) for x, y, w, h in rects]
+      members = [(sub > level).astype(np.int32) for sub, _, _ in subs]
+    else:
+      a, b, cc, d = crops[base].tolist()
+      qc = q[a:b, cc:d]
+      num, labels = cv2.connectedComponents((qc > level).view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+      if num - 1 != count[base]:  # cannot happen; stay exact by leaving the level to the contour finder
+        pos += 1
+        continue
+      subs = [(cv2.bitwise_and(qc, qc, mask=cv2.compare(labels, i, cv2.CMP_EQ)), a, cc) for i in range(1, num)]
+      members = [(labels == i).astype(np.int32) for i in range(1, num)] if single else []
+    rowmax = [sub.max(axis=1) for sub, _, _ in subs]
+    colmax = [sub.max(axis=0) for sub, _, _ in subs]
     peak = np.array([r.max() for r in rowmax])
     rest = several[pos:]
     present = peak[None, :] > work[rest][:, None]
@@ -371,20 +417,32 @@ def _proven_boxes(q: np.ndarray, work: np.ndarray, crops: np.ndarray, contours_a
     stop = len(rest) if valid.all() else int(np.argmin(valid))
     take, present = rest[:stop], present[:stop]
     levels = work[take]
-    bounds = [_first_last(r, levels) for r in rowmax], [_first_last(c, levels) for c in colmax]
-    y0 = np.stack([f for f, _ in bounds[0]], axis=1) + a
-    y1 = np.stack([l for _, l in bounds[0]], axis=1) + a
-    x0 = np.stack([f for f, _ in bounds[1]], axis=1) + cc
-    x1 = np.stack([l for _, l in bounds[1]], axis=1) + cc
+    rows = [_first_last(r, levels) for r in rowmax]
+    cols = [_first_last(c, levels) for c in colmax]
+    y0 = np.stack([f + oy for (f, _), (_, oy, _) in zip(rows, subs)], axis=1)
+    y1 = np.stack([l + oy for (_, l), (_, oy, _) in zip(rows, subs)], axis=1)
+    x0 = np.stack([f + ox for (f, _), (_, _, ox) in zip(cols, subs)], axis=1)
+    x1 = np.stack([l + ox for (_, l), (_, _, ox) in zip(cols, subs)], axis=1)
     choice = np.full(len(take), -1, np.int64)
     if single:
-      area = np.where(present, _component_areas(qc, labels, num - 1, levels), -1.0)
+      areas = np.concatenate([_component_areas(sub, member, 1, levels) for (sub, _, _), member in zip(subs, members)],
+                             axis=1)
+      area = np.where(present, areas, -1.0)
       top_area = area.max(axis=1, keepdims=True)
       unique = (area == top_area).sum(axis=1) == 1
       choice[unique] = area[unique].argmax(axis=1)
     proven.append((take, _quirk(x0, y0, x1, y1, height, width), present, choice))
     pos += stop
   return proven
+
+
+def _disjoint(rects: list) -> bool:
+  """Whether no two (x, y, w, h) rectangles share a pixel."""
+  for i, (x, y, w, h) in enumerate(rects):
+    for u, v, r, t in rects[i + 1:]:
+      if x < u + r and u < x + w and y < v + t and v < y + h:
+        return False
+  return True
 
 
 def _component_areas(qc: np.ndarray, labels: np.ndarray, count: int, levels: np.ndarray) -> np.ndarray:

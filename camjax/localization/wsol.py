@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from camjax.localization import _checks
-from camjax.localization.boxes import wsol_level_best_iou
+from camjax.localization.boxes import LevelTable, wsol_level_best_iou
 
 DEFAULT_CAM_THRESHOLDS = np.arange(0, 1, 0.01)
 DEFAULT_IOU_THRESHOLDS = (30, 50, 70)
@@ -35,8 +35,9 @@ def _count_chunk(maps: np.ndarray, boxes: Sequence[np.ndarray], cam_thresholds: 
   """Correct counts (modes, IoU thresholds, CAM thresholds), and the same for top-1-correct images."""
   correct = np.zeros((len(modes), len(iou_fractions), len(cam_thresholds)), np.int64)
   correct_top1 = np.zeros_like(correct)
+  table = LevelTable(cam_thresholds)  # levels are shared by all maps with the same maximum
   for i, (m, b) in enumerate(zip(maps, boxes)):
-    best = wsol_level_best_iou(m, b, cam_thresholds, modes)
+    best = wsol_level_best_iou(m, b, table, modes)
     hit = best[:, None, :] >= iou_fractions[None, :, None]
     correct += hit
     if top1 is not None and top1[i]:
