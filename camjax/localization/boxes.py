@@ -234,6 +234,8 @@ def wsol_level_best_iou(scoremap: np.ndarray, gt_boxes: np.ndarray, cam_threshol
                         modes: tuple[bool, ...] = (True,), *, shortcut: bool = True) -> np.ndarray:
   """Best IoU (len(modes), T) of each CAM threshold's boxes against ``gt_boxes``.
 
+  ``scoremap`` is a float map in [0, 1], or its ``quantize``d uint8 levels.
+
   ``modes`` lists ``multi_contour`` flags; both modes come from the same contour call.
   Work is at most one contour extraction per distinct binarization hit by the thresholds
   (on the crop holding its foreground), and none for levels whose borders are proven to be
@@ -241,7 +243,7 @@ def wsol_level_best_iou(scoremap: np.ndarray, gt_boxes: np.ndarray, cam_threshol
   ``shortcut=False`` this is the plain deduplicated sweep, kept as a cross-check.
   """
   height, width = scoremap.shape
-  q = quantize(scoremap)
+  q = scoremap if scoremap.dtype == np.uint8 else quantize(scoremap)  # uint8: already quantized
   max_level = int(q.max())
   if not isinstance(cam_thresholds, LevelTable):
     cam_thresholds = LevelTable(cam_thresholds)

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from camjax.localization import _checks
-from camjax.localization.boxes import LevelTable, wsol_level_best_iou
+from camjax.localization.boxes import LevelTable, quantize, wsol_level_best_iou
 
 DEFAULT_CAM_THRESHOLDS = np.arange(0, 1, 0.01)
 DEFAULT_IOU_THRESHOLDS = (30, 50, 70)
@@ -105,6 +105,7 @@ class WsolAccumulator:
         raise ValueError(f"top1_correct has {top1.shape[0]} entries for {n} score maps")
     args = (self.cam_thresholds, self._iou_fractions, self._modes)
     if self.num_workers > 1 and n > self.chunk_size:
+      maps = quantize(maps)  # workers get the uint8 levels: 8x less to send
       if self._pool is None:
         self._pool = concurrent.futures.ProcessPoolExecutor(self.num_workers, mp_context=_pool_context())
       futures = [self._pool.submit(_count_chunk, maps[s:s + self.chunk_size], boxes[s:s + self.chunk_size], *args,
@@ -119,6 +120,11 @@ class WsolAccumulator:
     self.num_images += n
     if top1 is not None:
       self.num_top1 += n
+
+  def _adopt_pool(self, other: "WsolAccumulator") -> "WsolAccumulator":
+    """Reuse another accumulator's running worker processes (saves their start-up)."""
+    self._pool, other._pool = other._pool, None
+    return self
 
   def close(self) -> None:
     """Stop the worker processes (also done when the accumulator is garbage collected)."""
