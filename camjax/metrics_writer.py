@@ -7,7 +7,6 @@ so runs can be read back with nothing but ``json``.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from typing import Any, Mapping
@@ -18,13 +17,9 @@ METRICS_FILE = "metrics.jsonl"
 
 
 def _plain(value: Any) -> Any:
-  """Python scalars for JSON (numpy/jax scalars, NaN kept as a string-free float)."""
-  if isinstance(value, (np.generic, np.ndarray)) and np.ndim(value) == 0:
-    value = value.item()
+  """Python scalars for JSON from numpy / jax scalars (NaN and Inf are written as JSON's NaN / Infinity)."""
   if hasattr(value, "item") and np.ndim(value) == 0:
-    value = value.item()
-  if isinstance(value, float) and not math.isfinite(value):
-    return value  # json writes NaN / Infinity, which json.loads reads back
+    return value.item()
   return value
 
 

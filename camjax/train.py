@@ -426,10 +426,14 @@ class _Preemption:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def init_state(config: Any, mesh, num_steps: int) -> tuple[dict, dict, ModelDef, optax.GradientTransformation, optax.Schedule]:
-  """Fresh (or pretrained) sharded state, its shardings, the model definition and optimizer."""
+def init_state(config: Any, mesh, num_steps: int, *, pretrained: bool = True
+               ) -> tuple[dict, dict, ModelDef, optax.GradientTransformation, optax.Schedule]:
+  """Fresh (or pretrained) sharded state, its shardings, the model definition and optimizer.
+
+  ``pretrained=False`` skips loading ``config.pretrained`` (a resumed run restores everything anyway).
+  """
   model = build_model(config)
-  fmt = pretrained_format(config)
+  fmt = pretrained_format(config) if pretrained else None
   if fmt == "torchvision":
     from camjax import weights
 
@@ -472,17 +476,18 @@ def train(config: Any, workdir: str, *, devices: list | None = None) -> TrainRes
   """
   os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model, devices)
-  local_batch = sharding.host_local_batch_size(config.training.global_batch_size, mesh)
+  sharding.host_local_batch_size(config.training.global_batch_size, mesh)  # fails early when it does not split
   accum = config.training.grad_accum_steps
   if accum < 1 or (config.training.global_batch_size // mesh.shape[sharding.DATA]) % accum:
     raise ValueError(f"training.grad_accum_steps={accum} must divide the per-device batch "
                      f"{config.training.global_batch_size // mesh.shape[sharding.DATA]}")
   num_steps = train_data.steps_for(config)
-  state, shardings, model_def, tx, schedule = init_state(config, mesh, num_steps)
+  checkpoints = Checkpoints(workdir, keep=config.training.keep_checkpoints)
+  resuming = checkpoints.latest_step() is not None
+  state, shardings, model_def, tx, schedule = init_state(config, mesh, num_steps, pretrained=not resuming)
   abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
 
   iterator = train_data.train_iterator(config, process_index=jax.process_index(), process_count=jax.process_count())
-  checkpoints = Checkpoints(workdir, keep=config.training.keep_checkpoints)
   restored = checkpoints.restore_latest(abstract_state)
   if restored is not None:
     step0, state, data = restored
@@ -537,7 +542,8 @@ def train(config: Any, workdir: str, *, devices: list | None = None) -> TrainRes
           progress.set_postfix(loss=f"{scalars['loss']:.4f}", acc=f"{scalars['accuracy']:.3f}")
           checked.clear()
           last_time, last_step = now, done
-        preempted = sharding.any_process(preemption.flag)
+        if jax.process_count() == 1 or done % config.training.preemption_check_every == 0:
+          preempted = sharding.any_process(preemption.flag)  # a collective: every process stops together
         if done % config.training.checkpoint_every == 0 or done == num_steps or preempted:
           check_pending()
           checkpoints.save(done, state, sharding.gather_json(iterator.get_state()))
@@ -553,6 +559,8 @@ def train(config: Any, workdir: str, *, devices: list | None = None) -> TrainRes
       progress.close()
       writer.close()
       checkpoints.close()
+      if hasattr(iterator, "close"):
+        iterator.close()
   return TrainResult(state=state, model_def=model_def, mesh=mesh, step=int(jax.device_get(state["step"])),
                      num_steps=num_steps, preempted=preempted)
 
@@ -568,7 +576,7 @@ def restore_for_eval(config: Any, workdir: str) -> TrainResult:
   """The newest checkpoint of ``workdir`` as a TrainResult (for ``--mode=eval``)."""
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
   num_steps = max(1, config.training.num_steps)
-  state, shardings, model_def, _, _ = init_state(config, mesh, num_steps)
+  state, shardings, model_def, _, _ = init_state(config, mesh, num_steps, pretrained=False)
   abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
   checkpoints = Checkpoints(workdir, keep=config.training.keep_checkpoints)
   try:
