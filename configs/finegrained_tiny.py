@@ -25,6 +25,7 @@ def features_section(**overrides) -> ml_collections.ConfigDict:
   f.train_cam_class = "true"  # CAM of the true class on training images | "predicted"
   f.rows = ("full", "cam_crop", "gt_crop")
   f.save_features = True
+  f.progress_bar = True
   f.update(overrides)
   return f
 
@@ -37,7 +38,7 @@ def get_config():
     c.model.overrides.widths = (4, 8)
     c.model.overrides.blocks_per_stage = 1
     c.backbone_workdir = ""  # a camjax training workdir; '' = fresh initialisation (said loudly)
-    c.features = features_section(batch_size=64)
+    c.features = features_section(batch_size=64, progress_bar=False)
   c.data.name = "camjax_shapes"
   c.data.builder_config = "tiny"
   c.data.image_size = 32

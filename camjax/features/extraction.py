@@ -148,8 +148,9 @@ def gather_rows(array: np.ndarray) -> np.ndarray:
 
 
 def device_batches(batches: Iterable[Mapping[str, np.ndarray]], mesh: jax.sharding.Mesh,
-                   device_keys: tuple[str, ...] = ("image",)) -> Iterator[tuple[dict[str, jax.Array], dict[str, np.ndarray]]]:
-  """Yield (global device arrays of ``device_keys``, host arrays of every key from all processes)."""
+                   device_keys: tuple[str, ...] = ("image",),
+                   host_keys: tuple[str, ...] | None = None) -> Iterator[tuple[dict[str, jax.Array], dict[str, np.ndarray]]]:
+  """Yield (global device arrays of ``device_keys``, host arrays of ``host_keys`` (default all) from all processes)."""
   data_size = mesh.shape[sharding.DATA]
   for batch in batches:
     if "valid" not in batch or "index" not in batch:
@@ -160,7 +161,8 @@ def device_batches(batches: Iterable[Mapping[str, np.ndarray]], mesh: jax.shardi
       raise ValueError(f"the global batch of {rows} rows does not split over the {data_size} data-parallel devices; "
                        f"set the batch size to a multiple of {data_size}")
     on_device = sharding.global_batch(mesh, {k: np.asarray(batch[k]) for k in device_keys})
-    host = {k: gather_rows(v) for k, v in batch.items() if k not in device_keys and np.ndim(v) >= 1}
+    host = {k: gather_rows(v) for k, v in batch.items()
+            if k not in device_keys and np.ndim(v) >= 1 and (host_keys is None or k in host_keys)}
     yield on_device, host
 
 
@@ -191,7 +193,7 @@ def extract_features(
   replicate_model(model, mesh)
   graphdef, state = nnx.split(model)
   feats, logits, labels, indices, ids = [], [], [], [], []
-  for on_device, host in device_batches(batches, mesh):
+  for on_device, host in device_batches(batches, mesh, host_keys=("valid", "index", "label", "id")):
     pooled, out_logits = _pool_step(graphdef, state, on_device["image"], pooling=pooling)
     pooled, out_logits = sharding.to_host((pooled, out_logits))
     valid = np.asarray(host["valid"]).astype(bool)

@@ -212,7 +212,8 @@ class CamBoxes:
 
 
 def cam_boxes(head: nnx.Module, batches: Iterable[Mapping[str, np.ndarray]], *, classes: str = "predicted",
-              threshold: float = 0.2, mesh: jax.sharding.Mesh | None = None) -> CamBoxes:
+              threshold: float = 0.2, mesh: jax.sharding.Mesh | None = None,
+              progress: Callable[[int], None] | None = None) -> CamBoxes:
   """Boxes from the CAMs of ``head`` (any CAM-capable model, e.g. a ``LinearHeadModel``).
 
   classes: "predicted" (top-1 of the head, the test-time protocol) or "true"
@@ -224,7 +225,7 @@ def cam_boxes(head: nnx.Module, batches: Iterable[Mapping[str, np.ndarray]], *, 
   replicate_model(head, mesh)
   rows = {k: [] for k in ("indices", "boxes", "class_ids", "predicted", "labels", "ious")}
   image_size = None
-  for on_device, host in device_batches(batches, mesh):
+  for on_device, host in device_batches(batches, mesh, host_keys=("valid", "index", "label", "boxes", "num_boxes")):
     images = on_device["image"]
     image_size = int(images.shape[1])
     labels = np.asarray(host["label"]).astype(np.int64)
@@ -242,6 +243,8 @@ def cam_boxes(head: nnx.Module, batches: Iterable[Mapping[str, np.ndarray]], *, 
       rows["predicted"].append(int(np.argmax(logits[r])))
       rows["labels"].append(int(labels[r]))
       rows["ious"].append(best_iou(box, gt))
+    if progress is not None:
+      progress(int(valid.sum()))
   if image_size is None:
     raise ValueError("no batches to compute CAM boxes from; is the split empty?")
   order = np.argsort(np.asarray(rows["indices"], np.int64), kind="stable")
@@ -446,10 +449,17 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
   is_main = jax.process_index() == 0
   feature_dir = os.path.join(workdir, "features")
 
+  def bar(what: str, total: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=what, unit="img", dynamic_ncols=True, leave=False,
+                disable=not (is_main and f.progress_bar))
+
   def features(role: str, source: Any, kind: str) -> FeatureSet:
     t = time.perf_counter()
-    fs = extract_features(model, make_batches(source), pooling=pooling, mesh=mesh,
-                          meta={"split": splits[role], "kind": kind, "backbone": backbone})
+    with bar(f"{kind} {splits[role]}", len(source)) as progress:
+      fs = extract_features(model, make_batches(source), pooling=pooling, mesh=mesh, progress=progress.update,
+                            meta={"split": splits[role], "kind": kind, "backbone": backbone})
     if f.save_features and is_main:
       fs.save(os.path.join(feature_dir, f"{kind}_{role}.npz"))
     _say(f"  features {kind:8s} {splits[role]:>12s}: {len(fs)} x {fs.features.shape[1]} "
@@ -487,7 +497,9 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
     for role, src in sources.items():
       t = time.perf_counter()
       classes = f.train_cam_class if role == "train" else "predicted"
-      boxes[role] = cam_boxes(head, make_batches(src), classes=classes, threshold=float(f.cam_threshold), mesh=mesh)
+      with bar(f"CAM boxes {splits[role]}", len(src)) as progress:
+        boxes[role] = cam_boxes(head, make_batches(src), classes=classes, threshold=float(f.cam_threshold),
+                                mesh=mesh, progress=progress.update)
       _say(f"  CAM boxes ({classes:9s}) {splits[role]:>12s}: {len(boxes[role].indices)} "
            f"({time.perf_counter() - t:.1f}s)")
     crops = {role: features(role, CroppedSource(src, boxes[role].regions(), size=int(config.data.image_size),
