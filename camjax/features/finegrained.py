@@ -409,11 +409,6 @@ def check_config(config: Any) -> None:
     raise ValueError(f"features.batch_size must be positive, got {f.batch_size}")
 
 
-def _align(a: FeatureSet, indices: np.ndarray) -> FeatureSet:
-  """Rows of ``a`` whose index is in ``indices`` (both sorted)."""
-  return a.subset(np.flatnonzero(np.isin(a.indices, indices)))
-
-
 def _fit(config: Any, train: FeatureSet, val: FeatureSet | None, num_classes: int, loss: str | None = None) -> Selection:
   f = config.features
   return select_and_fit(
