@@ -98,14 +98,10 @@ def paper_box(cam: np.ndarray, threshold: float) -> np.ndarray:
   return np.array([[xs.start, ys.start, xs.stop - 1, ys.stop - 1]], np.int64)
 
 
-def _contours(q: np.ndarray, level: int, crop: tuple[int, int, int, int] | None = None) -> tuple:
-  """OpenCV borders of ``q > level`` (tree mode, simple chains), optionally on the foreground crop."""
-  if crop is None:
-    binary = (q > level).view(np.uint8)
-    return cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
-  y0, y1, x0, x1 = crop
-  binary = (q[y0:y1, x0:x1] > level).view(np.uint8)
-  return cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE, offset=(x0, y0))[0]
+def _contours(q: np.ndarray, level: int) -> tuple:
+  """OpenCV borders of ``q > level``: tree mode (outer borders and hole borders), simple chains."""
+  binary = (q > level).view(np.uint8)
+  return cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[0]
 
 
 def _contour_boxes(contours: tuple, height: int, width: int) -> np.ndarray:

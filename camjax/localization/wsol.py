@@ -67,7 +67,14 @@ class WsolAccumulator:
     iou_thresholds: IoU thresholds delta in percent (default 30, 50, 70).
     multi_contour: True (all borders: MaxBoxAccV2), False (largest border: MaxBoxAcc v1), or
       "both" (both from the same contour pass).
-    num_workers: processes used inside ``add`` (1: in-process; None or 0: every core).
+    num_workers: processes used inside ``add`` (1: in-process; None or 0: every core);
+      results are identical either way. ``chunk_size`` maps go to a worker at a time.
+
+  Usage: ``add(scoremaps, gt_boxes, top1_correct=None)`` per batch; ``result()`` at the end
+  (keys as ``max_box_acc``, plus "top1_loc@<delta>" when ``top1_correct`` was given: top-1
+  localization at the CAM threshold that maximizes GT-known BoxAcc for that delta);
+  ``curve()`` gives BoxAcc in percent. Across processes: sum ``state()`` dicts key by key,
+  then ``load_state``; or ``merge`` accumulators. ``close()`` stops the worker processes.
   """
 
   def __init__(self, cam_thresholds: Any = DEFAULT_CAM_THRESHOLDS, iou_thresholds: Sequence[int] = DEFAULT_IOU_THRESHOLDS,
