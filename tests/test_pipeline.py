@@ -51,7 +51,7 @@ class Source:
 
 def _pixels(batch):
   """Un-normalized images, thresholded."""
-  return (batch["image"] * STD + MEAN)[..., 0] > 127
+  return (batch["image"] * STD + MEAN)[..., 0] > 0.5
 
 
 def _check_alignment(batch, with_mask: bool):

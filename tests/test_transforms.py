@@ -178,11 +178,11 @@ def test_wsol_box_scaling_truncates():
 
 def test_normalize_and_as_rgb():
   image = np.full((2, 2, 3), 255, np.uint8)
-  out = T.normalize(image, mean=(127.5, 127.5, 127.5), std=(127.5, 127.5, 127.5))
+  out = T.normalize(image, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
   assert out.dtype == np.float32
   np.testing.assert_allclose(out, 1.0)
   np.testing.assert_allclose(T.normalize(image)[0, 0],
-                             (255 - np.array(T.IMAGENET_MEAN)) / np.array(T.IMAGENET_STD), rtol=1e-6)
+                             (1.0 - np.array(T.IMAGENET_MEAN)) / np.array(T.IMAGENET_STD), rtol=1e-6)
   assert T.as_rgb(np.zeros((4, 5), np.uint8)).shape == (4, 5, 3)
   assert T.as_rgb(np.zeros((4, 5, 1), np.uint8)).shape == (4, 5, 3)
   with pytest.raises(ValueError, match="shape"):

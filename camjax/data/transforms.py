@@ -34,8 +34,9 @@ import numpy as np
 from PIL import Image
 
 # ImageNet statistics on the 0..255 scale (RGB).
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
+# ImageNet statistics on the 0..1 scale (the convention of every camjax config).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _EPS = 1e-6
 
@@ -267,10 +268,10 @@ def wsol_scale_boxes(boxes: np.ndarray, height: int, width: int, size: int) -> n
 
 
 def normalize(image: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
-  """(x - mean) / std per channel, float32; mean and std on the image's 0..255 scale."""
+  """(x / 255 - mean) / std per channel, float32; mean and std on the 0..1 scale, as configs give them."""
   mean = np.asarray(mean, np.float32)
   inv_std = 1.0 / np.asarray(std, np.float32)
-  return (image.astype(np.float32) - mean) * inv_std
+  return image.astype(np.float32) * (inv_std / 255.0) - mean * inv_std
 
 
 def as_rgb(image: np.ndarray) -> np.ndarray:
