@@ -215,3 +215,47 @@ def test_train_and_eval_writes_consistent_scores(tmp_path):
   assert 0 <= saved["wsol"]["MaxBoxAccV2"] <= 100 and "MaxBoxAcc" in saved["wsol"]
   assert results["wsol"]["MaxBoxAccV2"] == saved["wsol"]["MaxBoxAccV2"]
   assert read_metrics(workdir, "eval")[-1]["wsol/MaxBoxAccV2"] == saved["wsol"]["MaxBoxAccV2"]
+
+
+# ---------------------------------------------------------------- every paper config traces its train step
+
+
+def _max_pool_differentiable() -> bool:
+  """camjax.models.layers.max_pool must support reverse mode for the zoo to train."""
+  from camjax.models import layers
+
+  try:
+    jax.jit(jax.grad(lambda x: layers.max_pool(x, 3, 2).sum()))(jnp.ones((1, 8, 8, 1)))
+    return True
+  except ValueError:
+    return False
+
+
+MAX_POOL_OK = _max_pool_differentiable()
+
+
+@pytest.mark.parametrize("config_name", ["googlenet_gap", "googlenet_gmp", "vgg16_gap", "alexnet_gap",
+                                         "alexnet_star_gap", "nin", "googlenet_gap_cub"])
+def test_paper_configs_trace_a_train_step(config_name):
+  import importlib
+
+  if not MAX_POOL_OK:
+    pytest.xfail("camjax.models.layers.max_pool is not differentiable (reduce_window with an array init value)")
+  c = importlib.import_module(f"configs.{config_name}").get_config()
+  c.model.num_classes = 8
+  with c.unlocked():
+    c.model.overrides.width_mult = 0.0625  # tracing only: shapes matter, not sizes
+  c.training.global_batch_size = 2
+  model = train.build_model(c)
+  model_def = train.ModelDef(model)
+  params, stats, other = model_def.split(model)
+  tx, schedule = train.make_optimizer(c, params, 10)  # the config's new-layer patterns match this model
+  state = {"step": jnp.zeros((), jnp.int32), "params": params, "batch_stats": stats, "other": other,
+           "opt_state": jax.eval_shape(tx.init, params)}
+  size = c.data.image_size
+  batch = {"image": jax.ShapeDtypeStruct((2, size, size, 3), jnp.float32),
+           "label": jax.ShapeDtypeStruct((2,), jnp.int32)}
+  mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
+  new_state, metrics = jax.eval_shape(train.make_train_step(model_def, tx, schedule, c, mesh), state, batch)
+  assert jax.tree.structure(new_state["params"]) == jax.tree.structure(params)
+  assert metrics["loss"].shape == ()
