@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
 import shutil
 import signal
@@ -259,3 +260,40 @@ def test_paper_configs_trace_a_train_step(config_name):
   new_state, metrics = jax.eval_shape(train.make_train_step(model_def, tx, schedule, c, mesh), state, batch)
   assert jax.tree.structure(new_state["params"]) == jax.tree.structure(params)
   assert metrics["loss"].shape == ()
+
+
+def test_resume_with_the_grain_pipeline_is_bitwise_identical(tmp_path):
+  """The real input pipeline's state goes into the checkpoint: a run stopped at step 3 and resumed
+  from its step-2 checkpoint ends with the parameters of a run that never stopped."""
+  from configs import quickstart
+
+  def config(**changes):
+    c = quickstart.get_config()
+    c.data.builder_config = "tiny"
+    c.data.data_dir = str(tmp_path / "tfds")
+    c.data.image_size = 32
+    with c.unlocked():
+      c.model.overrides.widths = (4, 8)
+    c.training.global_batch_size = 8
+    c.training.num_steps = 4
+    c.training.log_every = 1
+    c.training.checkpoint_every = 2
+    c.training.progress_bar = False
+    c.optimizer.warmup_steps = 0
+    for key, value in changes.items():
+      section, name = key.split(".")
+      setattr(getattr(c, section), name, value)
+    return c
+
+  devices = jax.devices()[:1]
+  straight = train.train(config(), str(tmp_path / "straight"), devices=devices)
+  stopped = str(tmp_path / "stopped")
+  with pytest.raises(train.NonFiniteLossError):
+    train.train(config(**{"training.debug_nan_at_step": 3}), stopped, devices=devices)
+  assert h.checkpoint_steps(stopped) == [2]
+  data_state = json.load(open(os.path.join(stopped, "checkpoints", "2", "data", "metadata")))
+  assert data_state["process_count"] == 1 and data_state["states"][0]["next_index"] == 16
+  resumed = train.train(config(), stopped, devices=devices)
+  for a, b in zip(jax.tree.leaves(straight.state), jax.tree.leaves(resumed.state)):
+    assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+  assert h.losses(stopped) == h.losses(str(tmp_path / "straight"))
