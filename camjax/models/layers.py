@@ -54,8 +54,8 @@ def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0, ceil_mode
     hi = (out - 1) * stride + window - size - padding
     pads.append((padding, max(hi, 0)))
   pads.append((0, 0))
-  init = jnp.array(-jnp.inf, x.dtype)
-  return lax.reduce_window(x, init, lax.max, (1, window, window, 1), (1, stride, stride, 1), pads)
+  # A Python scalar init keeps reduce_window differentiable (an array init does not linearize).
+  return lax.reduce_window(x, -jnp.inf, lax.max, (1, window, window, 1), (1, stride, stride, 1), pads)
 
 
 class MaxPool(nnx.Module):
