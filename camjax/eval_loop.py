@@ -106,6 +106,13 @@ def evaluate(model_state: Any, config: Any, workdir: str) -> dict:
   wsol = (localization.WsolAccumulator(thresholds, tuple(config.eval.iou_thresholds), "both")
           if "wsol" in protocols else None)
   pxap = None
+  baseline = None
+  if config.eval.baseline and protocols:
+    from camjax.baseline import CentreBaseline
+
+    baseline = CentreBaseline(train_data.mean_box_fraction(config), top_k=top_k,
+                              paper_threshold=config.eval.paper_threshold, cam_thresholds=thresholds,
+                              iou_thresholds=config.eval.iou_thresholds)
   correct1 = correct5 = count = 0
 
   batches = train_data.eval_batches(config, process_index=jax.process_index(), process_count=jax.process_count())
@@ -132,10 +139,13 @@ def evaluate(model_state: Any, config: Any, workdir: str) -> dict:
     gt_maps = min_max(maps[:, top_k])
     if wsol is not None:
       wsol.add(gt_maps, boxes, top1_correct=ids[:, 0] == label)
-    if "mask" in batch and "wsol" in protocols:
+    masks = np.asarray(batch["mask"])[valid] > 0 if "mask" in batch else None
+    if masks is not None and "wsol" in protocols:
       if pxap is None:
         pxap = localization.PxapAccumulator(thresholds)
-      pxap.add(gt_maps, np.asarray(batch["mask"])[valid] > 0)
+      pxap.add(gt_maps, masks)
+    if baseline is not None:
+      baseline.add(maps.shape[-2:], ids, [int(v) for v in label], boxes, masks)
 
   totals = sharding.gather_json([correct1, correct5, count])
   correct1, correct5, count = (int(sum(t[i] for t in totals)) for i in range(3))
@@ -151,6 +161,12 @@ def evaluate(model_state: Any, config: Any, workdir: str) -> dict:
       results[name] = acc.result()
   if wsol is not None:
     wsol.close()
+  if baseline is not None:
+    results["baseline"] = {}
+    for name, acc in baseline.accumulators().items():
+      _merge_across_processes(acc)
+      results["baseline"][name] = acc.result()
+    baseline.wsol.close()
   if jax.process_index() == 0:
     with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
       json.dump(results, f, indent=2, default=float)

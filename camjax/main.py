@@ -165,6 +165,12 @@ def run(config: Any, workdir: str, mode: str) -> dict:
     from camjax import eval_loop
 
     results = eval_loop.evaluate(result, config, workdir)
+    if config.report.enabled:
+      from camjax import report
+
+      summary = report.write(result, config, workdir, results)
+      if jax.process_index() == 0:
+        print(report.format_table(summary))
   return results
 
 
@@ -192,8 +198,8 @@ def main(argv: list[str]) -> int:
   except NonFiniteLossError as e:
     print(f"camjax: stopped: {e}", file=sys.stderr)
     return 3
-  if results and FLAGS.mode != "train":
-    print(json.dumps(results, indent=2, default=str))
+  if results and FLAGS.mode != "train" and not FLAGS.config.report.enabled:
+    print(json.dumps(results, indent=2, default=str))  # with a report, its table was printed instead
   return 0
 
 

@@ -340,7 +340,30 @@ class Checkpoints:
   def _open(self) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(max_to_keep=self._keep, create=True, cleanup_tmp_directories=True,
                                            enable_async_checkpointing=self._async)
-    return ocp.CheckpointManager(self.directory, item_names=("state", "data"), options=options)
+    handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler()}
+    return ocp.CheckpointManager(self.directory, item_names=("state", "data"), item_handlers=handlers,
+                                 options=options)
+
+  def mismatch(self, step: int, abstract_state: dict) -> str | None:
+    """Why the checkpoint at ``step`` cannot hold ``abstract_state`` (another config wrote it), or None.
+
+    Compares leaf counts and array shapes from the checkpoint's metadata. An
+    unreadable metadata file returns None: that is corruption, which the
+    restore itself detects.
+    """
+    try:
+      stored = self.manager.item_metadata(step)["state"]
+      stored_leaves = jax.tree_util.tree_leaves(stored)
+    except Exception:  # noqa: BLE001 - unreadable metadata is a corrupt checkpoint, handled by restore
+      return None
+    if not stored_leaves:
+      return None
+    wanted = sorted(tuple(x.shape) for x in jax.tree_util.tree_leaves(abstract_state))
+    found = sorted(tuple(getattr(x, "shape", ())) for x in stored_leaves)
+    if wanted == found:
+      return None
+    return (f"it holds {len(found)} arrays, this config's state has {len(wanted)}"
+            if len(found) != len(wanted) else "array shapes differ")
 
   def save(self, step: int, state: dict, data_states: list[Any]) -> None:
     data = {"process_count": len(data_states), "states": data_states}
@@ -357,6 +380,10 @@ class Checkpoints:
     """(step, state, data) of the newest readable checkpoint; unreadable newer ones are moved aside."""
     bad = []
     for step in sorted(self.manager.all_steps(), reverse=True):
+      why = self.mismatch(step, abstract_state)
+      if why is not None:
+        raise ValueError(f"the checkpoint at step {step} in {self.directory} was written by another config ({why}); "
+                         f"run with the config that wrote it (saved in {os.path.join(self.workdir, 'config.json')})")
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))

@@ -155,6 +155,31 @@ def eval_batches(config: Any, *, process_index: int, process_count: int) -> Iter
       box_rounding=config.eval.box_rounding if config.data.eval_mode == "resize" else "pixel")
 
 
+def mean_box_fraction(config: Any, *, max_records: int = 2000) -> tuple[float, float]:
+  """Mean (width, height) of the first ground-truth box of training records, as fractions of the image.
+
+  Gives the centre-box baseline its box size from training data, never from the split it scores.
+  """
+  if config.data.name == SYNTHETIC:
+    size = config.data.image_size
+    boxes = [synthetic_example(config.training.seed, i, image_size=size, num_classes=config.model.num_classes,
+                               max_boxes=1)["boxes"][0] for i in range(min(max_records, 256))]
+    sides = np.array([(b[2] - b[0] + 1, b[3] - b[1] + 1) for b in boxes], np.float64) / size
+    return float(sides[:, 0].mean()), float(sides[:, 1].mean())
+  source = _source(config, config.data.train_split)
+  sides = []
+  for i in range(min(max_records, len(source))):
+    bboxes = np.asarray(source[i]["bboxes"], np.float64).reshape(-1, 4)
+    if len(bboxes):
+      ymin, xmin, ymax, xmax = bboxes[0]
+      sides.append((xmax - xmin, ymax - ymin))
+  if not sides:
+    raise ValueError(f"no ground-truth box in the first {max_records} records of {config.data.train_split!r}; "
+                     "set --config.eval.baseline=False")
+  width, height = np.mean(sides, axis=0)
+  return float(width), float(height)
+
+
 class _Head:
   """The first ``n`` records of a random-access source."""
 

@@ -95,7 +95,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.wsol_threshold_step = 0.01  # CAM threshold spacing for MaxBoxAcc / PxAP
   c.eval.iou_thresholds = (30, 50, 70)
   c.eval.max_examples = 0  # 0 = whole split
+  c.eval.baseline = False  # also score the centre baseline (mean-size centre box, centred Gaussian map)
   c.eval.box_rounding = "wsol"  # wsol: boxes scaled with int() truncation as in the WSOL code; pixel
+
+  c.report = ml_collections.ConfigDict()
+  c.report.enabled = False  # metrics.json, CAM pictures and report.html in the workdir after evaluation
+  c.report.num_images = 16  # test images in the overlay grid
+  c.report.cmap = "jet"
 
   c.lock()
   return c

@@ -1,0 +1,171 @@
+"""What a person reads after a run: ``metrics.json``, CAM pictures and ``report.html``.
+
+Runs after evaluation on process 0. The headline numbers come from the
+evaluator's results (``eval_results.json``); the pictures come from one extra
+forward pass over the first few evaluation images:
+
+- ``cam_grid.png``: the top-1 class's CAM on each image, ground-truth boxes in
+  green, the predicted box (paper protocol) in red;
+- ``top5.png``: the CAMs of the five best classes of one image with class
+  name and probability above each (the paper's Fig. 4 layout);
+- ``class_units.png``: the units with the largest classifier weight for that
+  image's class and the images that excite them most (paper Sec. 5).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from camjax import cam, localization, train_data, viz
+
+log = logging.getLogger("camjax.report")
+
+METRICS_FILE = "metrics.json"
+REPORT_FILE = "report.html"
+
+
+def headline(results: dict) -> dict[str, float]:
+  """The numbers people quote, under flat names, from one evaluation's results."""
+  out: dict[str, float] = {"classification_top1": results["classification"]["top1_acc"]}
+  paper = results.get("paper")
+  if paper:
+    out["top1_loc"] = 100.0 - paper["top1_loc_err"]
+    out["gt_known_loc"] = paper["gt_known_loc_acc"]
+  wsol = results.get("wsol")
+  if wsol:
+    out["MaxBoxAcc"] = wsol["MaxBoxAcc"]
+    out["MaxBoxAccV2"] = wsol["MaxBoxAccV2"]
+  if results.get("pxap"):
+    out["PxAP"] = results["pxap"]["PxAP"]
+  return out
+
+
+def metrics_summary(results: dict) -> dict[str, Any]:
+  """``metrics.json``: headline numbers, the centre baseline's under ``"baseline"``, all details under ``"details"``."""
+  summary: dict[str, Any] = dict(headline(results))
+  if "baseline" in results:
+    base = dict(results["baseline"])
+    base["classification"] = results["classification"]  # the baseline borrows the model's classes
+    summary["baseline"] = headline(base)
+  summary["num_images"] = results["num_images"]
+  summary["step"] = results["step"]
+  summary["details"] = results
+  return summary
+
+
+def class_names(config: Any) -> list[str]:
+  """Label names of the configured data set ("class N" where it has none)."""
+  names: list[str] = []
+  if config.data.name != train_data.SYNTHETIC:
+    from camjax import data
+
+    builder = data.prepare(config.data.name, config.data.data_dir or None, config.data.builder_config or None,
+                           manual_dir=config.data.manual_dir or None)
+    names = list(builder.info.features["label"].names)
+  if len(names) != config.model.num_classes:
+    names = [f"class {i}" for i in range(config.model.num_classes)]
+  return names
+
+
+def _first_images(config: Any, count: int) -> dict[str, np.ndarray]:
+  """The first ``count`` valid evaluation examples, read by this process alone."""
+  rows: list[dict[str, np.ndarray]] = []
+  for batch in train_data.eval_batches(config, process_index=0, process_count=1):
+    for i in np.nonzero(np.asarray(batch["valid"]))[0]:
+      rows.append({k: np.asarray(v)[i] for k, v in batch.items()})
+      if len(rows) == count:
+        return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+  if not rows:
+    raise ValueError("the evaluation split has no example to draw")
+  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def _display(images: np.ndarray, config: Any) -> np.ndarray:
+  """Normalised float images back to uint8 for pictures."""
+  mean, std = np.asarray(config.data.mean, np.float32), np.asarray(config.data.std, np.float32)
+  return np.clip(np.round((images * std + mean) * 255.0), 0, 255).astype(np.uint8)
+
+
+def _local_model(model_state: Any) -> Any:
+  state = jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)) if isinstance(x, jax.Array) and not
+                                 jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x, model_state.state)
+  return model_state.model_def.merge(state["params"], state["batch_stats"], state["other"], train=False)
+
+
+def write_pictures(model: Any, config: Any, workdir: str, names: list[str]) -> list[tuple[str, str]]:
+  """Draw the three figures; returns (caption, path) pairs for the HTML report."""
+  examples = _first_images(config, max(1, config.report.num_images))
+  images = examples["image"].astype(np.float32)
+  out = cam.class_activation_maps(model, images, top_k=min(5, config.model.num_classes))
+  probs, ids, maps = (np.asarray(x) for x in (out.probs, out.class_ids, out.upsampled))
+  shown = _display(images, config)
+  cmap = config.report.cmap
+  threshold = config.eval.paper_threshold
+
+  tiles, captions = [], []
+  for i in range(len(images)):
+    pred = localization.boxes_from_cam(maps[i, 0], threshold, protocol="paper")
+    gt = examples["boxes"][i, :examples["num_boxes"][i]]
+    tile = viz.overlay(shown[i], maps[i, 0], cmap=cmap)
+    tile = viz.draw_boxes(tile, gt, color=viz.GT_COLOR, width=1)
+    tile = viz.draw_boxes(tile, pred, color=viz.PRED_COLOR, width=1)
+    tiles.append(tile)
+    mark = "ok" if ids[i, 0] == examples["label"][i] else f"true: {names[examples['label'][i]]}"
+    captions.append(f"{names[ids[i, 0]]} {probs[i, 0]:.2f} ({mark})")
+  size = max(128, shown.shape[1] * 2)
+  grid = viz.image_grid(tiles, ncols=min(8, len(tiles)), captions=captions, tile=(size, size))
+  figures = [("CAM of the top-1 class; ground truth green, predicted box red", viz.save_png(
+      grid, os.path.join(workdir, "cam_grid.png")))]
+
+  first = 0
+  pred_boxes = [localization.boxes_from_cam(m, threshold, protocol="paper") for m in maps[first]]
+  top5 = viz.topk_figure(shown[first], list(maps[first]), [names[c] for c in ids[first]], list(probs[first]),
+                         pred_boxes=pred_boxes, gt_boxes=examples["boxes"][first, :examples["num_boxes"][first]],
+                         cmap=cmap, tile=size, title=f"true: {names[examples['label'][first]]}")
+  figures.append(("CAMs of the five best classes of one image", viz.save_png(
+      top5, os.path.join(workdir, "top5.png"))))
+
+  _, features = model(images)
+  kernel, _ = cam.cam_weights(model)
+  units, _ = viz.class_units_figure(np.asarray(features), shown, np.asarray(kernel), int(ids[first, 0]),
+                                    top_units=4, top_images=min(4, len(images)), cmap=cmap, tile=size)
+  figures.append((f"Class-specific units of '{names[ids[first, 0]]}' and the images that excite them most",
+                  viz.save_png(units, os.path.join(workdir, "class_units.png"))))
+  return figures
+
+
+def write(model_state: Any, config: Any, workdir: str, results: dict) -> dict[str, Any]:
+  """Write ``metrics.json``, the pictures and ``report.html`` (process 0 only); returns the summary."""
+  summary = metrics_summary(results)
+  if jax.process_index() != 0:
+    return summary
+  with open(os.path.join(workdir, METRICS_FILE), "w") as f:
+    json.dump(summary, f, indent=2, default=float)
+  names = class_names(config)
+  figures = write_pictures(_local_model(model_state), config, workdir, names)
+  table = {k: v for k, v in summary.items() if k not in ("details", "baseline")}
+  for k, v in summary.get("baseline", {}).items():
+    table[f"centre baseline: {k}"] = v
+  table["model"] = f"{config.model.name} ({config.model.pooling})"
+  viz.write_report_html(os.path.join(workdir, REPORT_FILE), table, figures,
+                        title=f"camjax: {config.model.name} on {config.data.name}")
+  log.info("wrote %s, %s and pictures to %s", METRICS_FILE, REPORT_FILE, workdir)
+  return summary
+
+
+def format_table(summary: dict[str, Any]) -> str:
+  """The headline numbers beside the centre baseline, as a console table."""
+  base = summary.get("baseline", {})
+  keys = [k for k in summary if k not in ("details", "baseline", "num_images", "step")]
+  lines = [f"{'metric':<22}{'camjax':>10}{'centre baseline':>18}"]
+  for k in keys:
+    b = base.get(k)
+    lines.append(f"{k:<22}{summary[k]:>10.2f}{(f'{b:.2f}' if b is not None else '-'):>18}")
+  lines.append(f"({summary['num_images']} images, step {summary['step']})")
+  return "\n".join(lines)
