@@ -27,7 +27,7 @@ EVAL_PROTOCOLS = ("paper", "wsol")
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and reports.")
-flags.DEFINE_enum("mode", "train", MODES, "What to do.")
+flags.DEFINE_enum("mode", None, MODES, "What to do (default: the config's `mode` field, else train).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
@@ -188,7 +188,10 @@ def main(argv: list[str]) -> int:
 
     if dist is not None:
       jax.distributed.initialize(**dist)
-    results = run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+    mode = FLAGS.mode or FLAGS.config.get("mode", "train")
+    if mode not in MODES:
+      raise ConfigError(f"mode={mode!r}; set --mode or --config.mode to one of {MODES}")
+    results = run(FLAGS.config, FLAGS.workdir, mode)
   except ConfigError as e:
     print(f"camjax: config error: {e}", file=sys.stderr)
     return 2
@@ -198,7 +201,7 @@ def main(argv: list[str]) -> int:
   except NonFiniteLossError as e:
     print(f"camjax: stopped: {e}", file=sys.stderr)
     return 3
-  if results and FLAGS.mode != "train" and not FLAGS.config.report.enabled:
+  if results and not FLAGS.config.report.enabled:
     print(json.dumps(results, indent=2, default=str))  # with a report, its table was printed instead
   return 0
 

@@ -17,6 +17,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
+  c.mode = "train"  # train | eval | train_and_eval; --mode on the command line wins
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "googlenet_gap"

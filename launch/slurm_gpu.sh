@@ -86,7 +86,7 @@ fi
 
 # Inside the allocation: coordinator = first node of the job.
 nodelist="${SLURM_JOB_NODELIST:?not inside a SLURM job}"
-coordinator="$(scontrol show hostnames "$nodelist" | head -n 1)"
+coordinator="$(scontrol show hostnames "$nodelist" | sed -n 1p)"  # sed reads all: no SIGPIPE under pipefail
 ntasks="${SLURM_NTASKS:-$((nodes * tasks_per_node))}"
 visible=""
 [[ "$per" == gpu ]] && visible='export CUDA_VISIBLE_DEVICES=$SLURM_LOCALID; '

@@ -87,4 +87,5 @@ def test_slurm_dry_run_submits_and_the_job_runs_one_process_per_gpu(tmp_path):
   per_node = sh("slurm_gpu.sh", "--inside-job", "--dry-run", "-N", "2", "-g", "4", "--per", "node", "--", *FLAGS,
                 env=dict(env, SLURM_NTASKS="2"))
   srun = shlex.split(per_node.stdout.strip())
+  assert per_node.returncode == 0, per_node.stderr
   assert srun[1:3] == ["--ntasks=2", "--ntasks-per-node=1"] and "CUDA_VISIBLE_DEVICES" not in srun[6]

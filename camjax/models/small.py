@@ -29,8 +29,10 @@ class ConvBNReLU(nnx.Module):
 class SmallGapNet(nnx.Module):
   """Stages of 3x3 conv blocks; every stage but the first halves the resolution.
 
-  ``widths`` gives one stage per entry with ``blocks_per_stage`` blocks each.
-  With the default four stages a 96 px input gives a 12x12 map.
+  ``widths`` gives one stage per entry; ``blocks_per_stage`` is one count for
+  every stage or one count per stage (extra blocks in the last, low-resolution
+  stages widen the receptive field cheaply). With four stages a 96 px input
+  gives a 12x12 map.
   """
 
   def __init__(
@@ -39,7 +41,7 @@ class SmallGapNet(nnx.Module):
       num_classes: int,
       pooling: str = "gap",
       widths: Sequence[int] = (32, 64, 128, 256),
-      blocks_per_stage: int = 2,
+      blocks_per_stage: int | Sequence[int] = 2,
       batch_norm: bool = True,
       use_bias: bool = False,
       in_channels: int = 3,
@@ -47,10 +49,14 @@ class SmallGapNet(nnx.Module):
       rngs: nnx.Rngs,
   ):
     self.num_classes = num_classes
+    counts = (blocks_per_stage,) * len(widths) if isinstance(blocks_per_stage, int) else tuple(blocks_per_stage)
+    if len(counts) != len(widths) or min(counts) < 1:
+      raise ValueError(f"blocks_per_stage must be a positive int or one positive count per stage "
+                       f"({len(widths)} stages), got {blocks_per_stage!r}")
     blocks = []
     cin = in_channels
-    for stage, width in enumerate(widths):
-      for block in range(blocks_per_stage):
+    for stage, (width, count) in enumerate(zip(widths, counts)):
+      for block in range(count):
         strides = 2 if (stage > 0 and block == 0) else 1
         blocks.append(ConvBNReLU(cin, width, strides=strides, batch_norm=batch_norm, dtype=dtype, rngs=rngs))
         cin = width
