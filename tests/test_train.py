@@ -274,6 +274,7 @@ def test_resume_with_the_grain_pipeline_is_bitwise_identical(tmp_path):
     c.data.image_size = 32
     with c.unlocked():
       c.model.overrides.widths = (4, 8)
+      c.model.overrides.blocks_per_stage = (1, 1)
     c.training.global_batch_size = 8
     c.training.num_steps = 4
     c.training.log_every = 1
