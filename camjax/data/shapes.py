@@ -2,7 +2,7 @@
 
 Each image holds one labelled object on a cluttered background. The class is the
 pair (shape family, texture): 4 shapes x 3 textures = 12 classes. Everything
-else is random per image and never tells the class: position, scale (15% to 70%
+else is random per image and never tells the class: position, scale (20% to 70%
 of the image side), aspect, rotation, the object's two colours, the background
 (gradient + a random low-contrast texture + noise) and a few distractors whose
 shape families (rings, bars, small blobs) never occur as objects and whose
@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw
 
 from camjax.data import records
 
-SHAPES = ("ellipse", "triangle", "star", "cross")
+SHAPES = ("ellipse", "triangle", "square", "star")
 TEXTURES = ("solid", "stripes", "checker")
 CLASS_NAMES = tuple(f"{s}_{t}" for s in SHAPES for t in TEXTURES)
 DISTRACTOR_SHAPES = ("ring", "bar", "blob")
@@ -41,7 +41,7 @@ class Spec:
   """What to render: sizes and counts; the per-example draws come from the seed."""
 
   image_size: int = 64
-  min_scale: float = 0.15
+  min_scale: float = 0.20
   max_scale: float = 0.70
   max_distractors: int = 4
 
@@ -59,11 +59,10 @@ def _unit_polygon(shape: str, rng: np.random.Generator) -> np.ndarray:
     return np.stack([np.cos(t), np.sin(t)], -1)
   if shape == "star":
     t = np.pi / 2 + np.arange(10) * np.pi / 5
-    r = np.where(np.arange(10) % 2 == 0, 1.0, 0.45)
+    r = np.where(np.arange(10) % 2 == 0, 1.0, 0.4)
     return np.stack([r * np.cos(t), r * np.sin(t)], -1)
-  if shape == "cross":
-    a = 0.32
-    return np.array([(-a, -1), (a, -1), (a, -a), (1, -a), (1, a), (a, a), (a, 1), (-a, 1), (-a, a), (-1, a), (-1, -a), (-a, -a)], float)
+  if shape == "square":
+    return np.array([(-1, -1), (1, -1), (1, 1), (-1, 1)], float) / np.sqrt(2)
   if shape == "bar":
     w = rng.uniform(0.08, 0.18)
     return np.array([(-1, -w), (1, -w), (1, w), (-1, w)], float)
@@ -107,15 +106,19 @@ def _coverage(polys: list[np.ndarray], size: int, holes: list[np.ndarray] = ()) 
 # ---------------------------------------------------------------- textures and colours
 
 
-def _texture(kind: str, rng: np.random.Generator, size: int) -> np.ndarray:
-  """Pattern in {0, 1} (size, size): which of two colours each pixel takes."""
+def _texture(kind: str, rng: np.random.Generator, size: int, extent: float | None = None) -> np.ndarray:
+  """Pattern in {0, 1} (size, size): which of two colours each pixel takes.
+
+  The period follows ``extent`` (the painted shape's size) when given, so an
+  object's texture shows the same number of stripes or checks at every scale.
+  """
   if kind == "solid":
     return np.zeros((size, size), np.float32)
   y, x = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
   th = rng.uniform(0, np.pi)
   u = x * np.cos(th) + y * np.sin(th)
   v = -x * np.sin(th) + y * np.cos(th)
-  period = max(3.0, rng.uniform(0.06, 0.11) * size)
+  period = max(4.0, rng.uniform(0.2, 0.3) * extent) if extent else max(3.0, rng.uniform(0.06, 0.11) * size)
   off = rng.uniform(0, period, 2)
   if kind == "stripes":
     return (np.mod(u + off[0], period) < period / 2).astype(np.float32)
@@ -198,7 +201,7 @@ def render(spec: Spec, rng: np.random.Generator, label: int) -> tuple[np.ndarray
 
   alpha = _coverage([obj], size)
   c1, c2 = _colour_pair(rng, avoid=img[alpha > 0.5].mean(0) if (alpha > 0.5).any() else None)
-  _paint(img, alpha, _texture(texture, rng, size), c1, c2)
+  _paint(img, alpha, _texture(texture, rng, size, extent), c1, c2)
   img += rng.normal(0, rng.uniform(4, 14), img.shape).astype(np.float32)
   return np.clip(np.round(img), 0, 255).astype(np.uint8), alpha >= 0.5
 
@@ -226,7 +229,7 @@ class ShapesConfig(tfds.core.BuilderConfig):
   """Image size, split sizes and seed of a ``camjax_shapes`` variant (name it uniquely)."""
 
   def __init__(self, *, image_size: int, train: int, validation: int, test: int, seed: int = 0,
-               min_scale: float = 0.15, max_scale: float = 0.70, max_distractors: int = 4, **kwargs):
+               min_scale: float = 0.20, max_scale: float = 0.70, max_distractors: int = 4, **kwargs):
     kwargs.setdefault("description", f"{image_size} px, {train}/{validation}/{test} examples, seed {seed}")
     super().__init__(**kwargs)
     if image_size < 16:
@@ -241,10 +244,16 @@ class ShapesConfig(tfds.core.BuilderConfig):
 class CamjaxShapes(records.BuilderMixin, tfds.core.GeneratorBasedBuilder):
   """Procedural shapes-and-textures localization data set (12 classes, boxes and masks)."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
+  VERSION = tfds.core.Version("2.0.0")
+  RELEASE_NOTES = {
+      "1.0.0": "First release.",
+      "1.1.0": "Object textures scale with the object (4 to 5 periods across it); objects 20% to 70% of the side.",
+      "2.0.0": "Shapes ellipse, triangle, square, star (a sharper star; the cross, too close to the star at 64 px, "
+               "is gone).",
+  }
   BUILDER_CONFIGS = [
       ShapesConfig(name="tiny", image_size=32, train=192, validation=64, test=64),
+      ShapesConfig(name="px32", image_size=32, train=3_000, validation=300, test=300),
       ShapesConfig(name="px64", image_size=64, train=10_000, validation=2_000, test=2_000),
       ShapesConfig(name="px96", image_size=96, train=10_000, validation=2_000, test=2_000),
       ShapesConfig(name="px128", image_size=128, train=20_000, validation=2_000, test=2_000),

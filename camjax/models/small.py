@@ -33,6 +33,11 @@ class SmallGapNet(nnx.Module):
   every stage or one count per stage (extra blocks in the last, low-resolution
   stages widen the receptive field cheaply). With four stages a 96 px input
   gives a 12x12 map.
+
+  ``last_batch_norm=False`` leaves BatchNorm out of the block that feeds global
+  pooling (a plain conv + ReLU, like the conv layer the CAM paper adds): BatchNorm
+  there keeps every unit active on about half of all positions, background
+  included, which spreads the class maps.
   """
 
   def __init__(
@@ -43,6 +48,7 @@ class SmallGapNet(nnx.Module):
       widths: Sequence[int] = (32, 64, 128, 256),
       blocks_per_stage: int | Sequence[int] = 2,
       batch_norm: bool = True,
+      last_batch_norm: bool | None = None,
       use_bias: bool = False,
       in_channels: int = 3,
       dtype: Any = None,
@@ -55,10 +61,12 @@ class SmallGapNet(nnx.Module):
                        f"({len(widths)} stages), got {blocks_per_stage!r}")
     blocks = []
     cin = in_channels
+    last = (len(widths) - 1, counts[-1] - 1)
     for stage, (width, count) in enumerate(zip(widths, counts)):
       for block in range(count):
         strides = 2 if (stage > 0 and block == 0) else 1
-        blocks.append(ConvBNReLU(cin, width, strides=strides, batch_norm=batch_norm, dtype=dtype, rngs=rngs))
+        norm = batch_norm if (stage, block) != last or last_batch_norm is None else last_batch_norm
+        blocks.append(ConvBNReLU(cin, width, strides=strides, batch_norm=norm, dtype=dtype, rngs=rngs))
         cin = width
     self.blocks = nnx.List(blocks)
     self.head = PoolingHead(cin, num_classes, pooling=pooling, use_bias=use_bias, dtype=dtype, rngs=rngs)
