@@ -253,3 +253,14 @@ def test_fc_baselines_run_with_dropout_in_train_only(name):
   assert not np.allclose(t1, t2)
   model.eval()
   np.testing.assert_array_equal(forward(model, images)[0], forward(model, images)[0])
+
+
+def test_small_gap_per_stage_blocks_and_plain_last_block():
+  model = models.create("small_gap", num_classes=3, widths=(4, 8, 8), blocks_per_stage=(1, 2, 3), last_batch_norm=False)
+  assert len(model.blocks) == 6
+  assert [b.norm is None for b in model.blocks] == [False] * 5 + [True]
+  assert model.blocks[-1].conv.bias is not None  # a plain conv keeps its bias
+  logits, features = model(jnp.ones((1, 32, 32, 3)))
+  assert logits.shape == (1, 3) and features.shape == (1, 8, 8, 8)
+  with pytest.raises(ValueError, match="blocks_per_stage"):
+    models.create("small_gap", num_classes=3, widths=(4, 8), blocks_per_stage=(1, 2, 3))
