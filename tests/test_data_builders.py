@@ -115,7 +115,7 @@ def test_shapes_records_consistent(tiny_builders):
       (box,) = _pixel_boxes(rec)
       assert np.abs(np.subtract(box, tight)).max() <= 1, (key, box, tight)
       extent = max(tight[2] - tight[0] + 1, tight[3] - tight[1] + 1)
-      assert 0.20 * 32 - 2 <= extent <= 0.70 * 32 + 2, (key, extent)
+      assert 0.25 * 32 - 2 <= extent <= 0.70 * 32 + 2, (key, extent)
       assert 0 <= rec["label"] < len(names)
       labels.append(rec["label"])
   assert len(set(labels)) == len(names)  # every class occurs
