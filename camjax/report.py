@@ -118,7 +118,7 @@ def write_pictures(model: Any, config: Any, workdir: str, names: list[str]) -> l
     tiles.append(tile)
     mark = "ok" if ids[i, 0] == examples["label"][i] else f"true: {names[examples['label'][i]]}"
     captions.append(f"{names[ids[i, 0]]} {probs[i, 0]:.2f} ({mark})")
-  size = max(128, shown.shape[1] * 2)
+  size = max(176, shown.shape[1] * 2)  # room for "class_name 0.97 (ok)" above each tile
   grid = viz.image_grid(tiles, ncols=min(8, len(tiles)), captions=captions, tile=(size, size))
   figures = [("CAM of the top-1 class; ground truth green, predicted box red", viz.save_png(
       grid, os.path.join(workdir, "cam_grid.png")))]

@@ -255,7 +255,7 @@ class CamjaxShapes(records.BuilderMixin, tfds.core.GeneratorBasedBuilder):
   }
   BUILDER_CONFIGS = [
       ShapesConfig(name="tiny", image_size=32, train=192, validation=64, test=64),
-      ShapesConfig(name="px32", image_size=32, train=3_000, validation=300, test=300),
+      ShapesConfig(name="px64_small", image_size=64, train=3_000, validation=300, test=500),
       ShapesConfig(name="px64", image_size=64, train=10_000, validation=2_000, test=2_000),
       ShapesConfig(name="px96", image_size=96, train=10_000, validation=2_000, test=2_000),
       ShapesConfig(name="px128", image_size=128, train=20_000, validation=2_000, test=2_000),
