@@ -13,6 +13,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "test_tiny.py")
 
 
+def tiny(**changes):
+  """configs/test_tiny.py with dotted-path changes, e.g. ``tiny(**{"training.num_steps": 3})``."""
+  from configs import test_tiny
+
+  c = test_tiny.get_config()
+  for key, value in changes.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = getattr(node, p)
+    setattr(node, leaf, value)
+  return c
+
+
 def env(devices: int = 1, **extra: str) -> dict:
   e = dict(os.environ)
   e["JAX_PLATFORMS"] = "cpu"

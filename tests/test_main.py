@@ -10,18 +10,9 @@ import pytest
 
 import _train_helpers as h
 from camjax import main
-from configs import test_tiny
 
 
-def _tiny(**changes):
-  c = test_tiny.get_config()
-  for key, value in changes.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = getattr(node, p)
-    setattr(node, leaf, value)
-  return c
+_tiny = h.tiny
 
 
 @pytest.mark.parametrize("changes, devices, needle", [

@@ -17,18 +17,9 @@ import pytest
 import _train_helpers as h
 from camjax import sharding, train
 from camjax.metrics_writer import read_metrics
-from configs import test_tiny
 
 
-def tiny(**changes):
-  c = test_tiny.get_config()
-  for key, value in changes.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = getattr(node, p)
-    setattr(node, leaf, value)
-  return c
+tiny = h.tiny
 
 
 # ---------------------------------------------------------------- optimizer

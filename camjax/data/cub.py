@@ -145,13 +145,6 @@ class Cub2002011(records.BuilderMixin, tfds.core.GeneratorBasedBuilder):
     """Unused: ``_split_generators`` returns one generator per split directly."""
     raise NotImplementedError
 
-  def _emit(self, split: str, example_id: str, make):
-    try:
-      return make()
-    except BadExample as e:
-      self._bad_data.report(split, example_id, e)
-      return None
-
   def _generate(self, split, source, items, *, labels, boxes, masks, num_classes):
     seen = set()
     for rel, data in source.iter_files({f"images/{p}" for p in items}):

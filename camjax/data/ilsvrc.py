@@ -183,13 +183,6 @@ class Ilsvrc2012Loc(records.BuilderMixin, tfds.core.GeneratorBasedBuilder):
     """Unused: ``_split_generators`` returns one generator per split directly."""
     raise NotImplementedError
 
-  def _emit(self, split: str, example_id: str, make):
-    try:
-      return make()
-    except BadExample as e:
-      self._bad_data.report(split, example_id, e)
-      return None
-
   def _boxes(self, ann: Any) -> tuple[tuple[int, int] | None, list]:
     if ann is None:
       return None, []

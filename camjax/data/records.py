@@ -163,9 +163,10 @@ def read_bad_examples(builder: Any) -> dict[str, Any]:
 class BuilderMixin:
   """What every camjax builder adds to ``tfds.core.GeneratorBasedBuilder`` (put it first in the bases).
 
-  - ``on_bad_data`` as a constructor argument; generators call
-    ``self._bad_data.report(split, id, err)`` for each ``BadExample``, and
-    ``bad_examples.json`` is written beside the prepared data.
+  - ``on_bad_data`` as a constructor argument; generators build each record
+    through ``self._emit(split, id, make)``, which reports a ``BadExample``
+    and yields None for it, and ``bad_examples.json`` is written beside the
+    prepared data.
   - ArrayRecord as the default file format, so ``tfds.data_source(name)``
     can prepare the data set without TensorFlow.
   - ``code_path`` from the class's file: TFDS's own lookup needs the
@@ -185,6 +186,14 @@ class BuilderMixin:
     # ArrayRecord by default: random access for grain, and TFRecord writing needs TensorFlow.
     kwargs.setdefault("file_format", "array_record")
     super().__init__(**kwargs)
+
+  def _emit(self, split: str, example_id: str, make):
+    """``make()``, or None after reporting it when it raises ``BadExample`` (the policy may raise instead)."""
+    try:
+      return make()
+    except BadExample as e:
+      self._bad_data.report(split, example_id, e)
+      return None
 
   def download_and_prepare(self, *args, **kwargs):
     already = self.data_path.exists() and os.path.exists(os.path.join(os.fspath(self.data_path), "dataset_info.json"))
