@@ -12,8 +12,9 @@ import pytest
 
 from camjax import localization as loc
 import cv2
-from camjax.localization.boxes import (_component_areas, _component_count, cam_levels, euler_numbers, quantize,
-                                     regional_maxima_values, wsol_boxes_at_level, wsol_level_best_iou)
+from camjax.localization.boxes import cam_levels, quantize, wsol_boxes_at_level
+from camjax.localization.sweep import (_component_areas, component_count, euler_numbers, regional_maxima_values,
+                                     wsol_level_best_iou)
 
 
 def wsol(m, tau, multi=False):
@@ -189,7 +190,7 @@ def test_euler_numbers_and_regional_maxima_match_contours():
     maxima = regional_maxima_values(q)
     for level in range(int(q.max())):
       contours, hierarchy = cv2.findContours((q > level).view(np.uint8), cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)
-      outer = _component_count(hierarchy, len(contours))
+      outer = component_count(hierarchy, len(contours))
       assert euler[level] == outer - (len(contours) - outer)
       assert outer <= (maxima > level).sum()  # each component holds a regional maximum above the level
 

@@ -16,7 +16,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from camjax.localization import _checks
-from camjax.localization.boxes import LevelTable, quantize, wsol_level_best_iou
+from camjax.localization.boxes import quantize
+from camjax.localization.sweep import LevelTable, best_iou_batch
 
 DEFAULT_CAM_THRESHOLDS = np.arange(0, 1, 0.01)
 DEFAULT_IOU_THRESHOLDS = (30, 50, 70)
@@ -33,15 +34,11 @@ def _modes(multi_contour: bool | str) -> tuple[bool, ...]:
 def _count_chunk(maps: np.ndarray, boxes: Sequence[np.ndarray], cam_thresholds: np.ndarray,
                  iou_fractions: np.ndarray, modes: tuple[bool, ...], top1: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
   """Correct counts (modes, IoU thresholds, CAM thresholds), and the same for top-1-correct images."""
-  correct = np.zeros((len(modes), len(iou_fractions), len(cam_thresholds)), np.int64)
-  correct_top1 = np.zeros_like(correct)
-  table = LevelTable(cam_thresholds)  # levels are shared by all maps with the same maximum
-  for i, (m, b) in enumerate(zip(maps, boxes)):
-    best = wsol_level_best_iou(m, b, table, modes)
-    hit = best[:, None, :] >= iou_fractions[None, :, None]
-    correct += hit
-    if top1 is not None and top1[i]:
-      correct_top1 += hit
+  q = maps if maps.dtype == np.uint8 else quantize(maps)
+  best = best_iou_batch(q, list(boxes), LevelTable(cam_thresholds), modes)  # (N, modes, T)
+  hit = best[:, :, None, :] >= iou_fractions[None, None, :, None]
+  correct = hit.sum(axis=0, dtype=np.int64)
+  correct_top1 = hit[top1].sum(axis=0, dtype=np.int64) if top1 is not None else np.zeros_like(correct)
   return correct, correct_top1
 
 

@@ -1,0 +1,446 @@
+"""The WSOL threshold sweep: the best box IoU at every CAM threshold of a map, fast and exact.
+
+A map has at most 256 distinct binarizations (its uint8 levels), so every CAM threshold is
+mapped to its integer level and the work is per distinct level. Most levels need no contour
+call at all (``_proven_levels``): their component count follows from the Euler number (all
+levels from three histograms) bounded by the births of regional maxima, and where there is
+no hole the borders are the components' outer borders, whose boxes are bounding boxes read
+for every level at once from running maxima of row and column profiles (``_extents``). The
+other levels call the contour finder once, on the crop holding the foreground (it pads with
+background, so cropping changes nothing). The results equal the per-threshold definition
+(``boxes.wsol_boxes_at_level``) exactly; the tests and the benchmark check it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator, NamedTuple
+
+import cv2
+import numpy as np
+
+from camjax.localization.boxes import cam_levels, quantize
+
+_K3 = np.ones((3, 3), np.uint8)
+
+
+@contextlib.contextmanager
+def _opencv_one_thread() -> Iterator[None]:
+  """OpenCV's thread pool costs more than it gains on the sweep's many small calls (cores are
+  used across images by processes instead); the caller's setting is restored."""
+  before = cv2.getNumThreads()
+  cv2.setNumThreads(1)
+  try:
+    yield
+  finally:
+    cv2.setNumThreads(before)
+
+
+def _histogram(values: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+  """Counts of 0..255 in a uint8 image (OpenCV's is several times faster than ``np.bincount``)."""
+  return cv2.calcHist([values], [0], mask, [256], [0, 256]).ravel()
+
+
+def euler_numbers(q: np.ndarray) -> np.ndarray:
+  """Euler number (8-connected foreground, 4-connected background) of ``q > L`` for L = 0..255.
+
+  Gray's bit-quad count over the 2x2 cells of the zero-padded map: E = (n1 - n3 - 2 nD) / 4.
+  With a cell's sorted values s1 <= s2 <= s3 <= s4, it has one pixel above L for
+  s3 <= L < s4 and three for s1 <= L < s2, so n1 - n3 at every level comes from histograms:
+  +s2 +s3 -s1 -s4. Every pixel lies in 4 cells, so hist(s1) + hist(s4) = 4 hist(q) + padding
+  - hist(s2) - hist(s3), and {s2, s3} are the two middle values of the cell: three histograms
+  in all. A diagonal pair (nD) is a cell whose two largest values sit on a diagonal; it has
+  that pattern for s2 <= L < s3. (L = -1 is not covered: the padding is 0.)
+  """
+  height, width = q.shape
+  p = cv2.copyMakeBorder(q, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+  a, b, c, d = p[:-1, :-1], p[:-1, 1:], p[1:, :-1], p[1:, 1:]  # a b / c d
+  lo, hi = cv2.min, cv2.max  # far faster than NumPy on strided uint8 views
+  ab_lo, ab_hi, cd_lo, cd_hi = lo(a, b), hi(a, b), lo(c, d), hi(c, d)
+  middle = _histogram(hi(ab_lo, cd_lo)) + _histogram(lo(ab_hi, cd_hi))  # the two middle values, in some order
+  delta = 2 * middle - 4 * _histogram(q)
+  delta[0] -= 4 * (height + width + 1)  # padding pixels' cell memberships, all at value 0
+  # Diagonal pairs: a, d above b, c for max(b, c) <= L < min(a, d) (and the other diagonal
+  # likewise); the saturating difference is nonzero exactly on those cells. Rare in smooth maps.
+  start1, end1, start2, end2 = hi(b, c), lo(a, d), hi(a, d), lo(b, c)
+  on1, on2 = cv2.subtract(end1, start1), cv2.subtract(end2, start2)
+  if cv2.countNonZero(cv2.max(on1, on2)):
+    for start, end, on in ((start1, end1, on1), (start2, end2, on2)):
+      delta -= 2 * (_histogram(start, on) - _histogram(end, on))
+  return np.rint(np.cumsum(delta) / 4).astype(np.int64)
+
+
+def regional_maxima_values(q: np.ndarray) -> np.ndarray:
+  """Values (> 0) of the regional maxima of ``q`` (8-connected flat zones with no higher neighbour), descending.
+
+  Every 8-connected component of ``q > L`` (L >= 0) holds at least one regional maximum above L.
+  Candidates are the pixels with no higher neighbour; two such neighbours are equal, so their
+  components are flat. A component is maximal unless it touches an equal pixel that has a
+  higher neighbour ("spoiled").
+  """
+  top = cv2.bitwise_and(cv2.compare(q, cv2.dilate(q, _K3), cv2.CMP_EQ), cv2.compare(q, 0, cv2.CMP_GT))
+  lower = cv2.subtract(q, top)  # q off the candidates (q - 255 saturates to 0), q elsewhere
+  spoiled = cv2.bitwise_and(top, cv2.compare(cv2.dilate(lower, _K3), q, cv2.CMP_EQ))
+  n, labels = cv2.connectedComponents(top, connectivity=8, ltype=cv2.CV_32S)
+  idx = np.flatnonzero(top.ravel() > 0)  # (a bool mask: nonzero on uint8 is several times slower)
+  zone = labels.ravel()[idx]
+  values = np.zeros(n, np.int64)
+  values[zone] = q.ravel()[idx]
+  ok = np.ones(n, bool)
+  ok[0] = False
+  ok[zone[spoiled.ravel()[idx] > 0]] = False
+  return np.sort(values[ok])[::-1]
+
+
+def component_count(hierarchy: np.ndarray | None, count: int) -> int:
+  """Components from a contour tree: outer borders are the contours at even depth."""
+  if count == 0:
+    return 0
+  parent = hierarchy[0, :, 3]
+  outer = 0
+  for i in range(count):
+    depth, j = 0, parent[i]
+    while j >= 0:
+      depth += 1
+      j = parent[j]
+    outer += depth % 2 == 0
+  return outer
+
+
+def _distinct(levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Sorted distinct levels in [-1, 256] and each input's index among them."""
+  hit = np.zeros(258, bool)
+  hit[levels + 1] = True
+  return np.flatnonzero(hit) - 1, np.cumsum(hit)[levels + 1] - 1
+
+
+class _Levels(NamedTuple):
+  """The distinct binarization levels a map's thresholds hit."""
+  count: int  # distinct levels, empty ones (>= the map's maximum) included
+  inverse: np.ndarray  # (T,) each threshold's index among them
+  work: np.ndarray  # the nonempty ones, ascending (-1 is "everything")
+  index: np.ndarray  # their indices among the distinct levels
+
+
+def _levels(distinct: np.ndarray, inverse: np.ndarray, max_level: int) -> _Levels:
+  nonempty = np.flatnonzero(distinct < max_level)
+  return _Levels(len(distinct), inverse, distinct[nonempty], nonempty)
+
+
+class LevelTable:
+  """CAM thresholds with their distinct integer levels cached per map maximum (reused across maps)."""
+
+  def __init__(self, cam_thresholds: Any):
+    self.thresholds = np.asarray(cam_thresholds, np.float64)
+    self._cache: dict[int, _Levels] = {}
+
+  def __len__(self) -> int:
+    return len(self.thresholds)
+
+  def __call__(self, max_level: int) -> _Levels:
+    if max_level not in self._cache:
+      distinct, inverse = _distinct(np.clip(cam_levels(self.thresholds, max_level), -1, 255))
+      self._cache[max_level] = _levels(distinct, inverse, max_level)
+    return self._cache[max_level]
+
+  def canonical(self, q: np.ndarray, max_level: int) -> _Levels:
+    """Levels without the shortcut's sharing: L becomes (next value present in ``q`` above L) - 1."""
+    next_present = np.flatnonzero(np.append(_histogram(q) > 0, True))
+    lv = np.clip(cam_levels(self.thresholds, max_level), -1, 255)
+    return _levels(*_distinct(next_present[np.searchsorted(next_present, lv, side="right")] - 1), max_level)
+
+
+def _extents(parts: list[tuple[np.ndarray, int, int]]) -> np.ndarray:
+  """(len(parts), 256, 4) inclusive boxes (x0, y0, x1, y1) of each part's pixels above each level L.
+
+  A part is (uint8 image, row offset, column offset). From each side, the first row (column)
+  above L is the number of rows whose running maximum is at most L: a cumulative histogram
+  of the running maxima. All sides of all parts share one running maximum and one histogram:
+  side s is offset by 256 s, which stops each side's maximum at its start. A part with
+  nothing above L gets x0 > x1.
+  """
+  profiles = []
+  for image, _, _ in parts:
+    cols = image.max(axis=0)
+    rows = cv2.reduce(image, 1, cv2.REDUCE_MAX).ravel()  # (NumPy across rows, OpenCV across columns: the fast ones)
+    profiles += [cols, rows, cols[::-1], rows[::-1]]
+  sizes = np.fromiter(map(len, profiles), np.intp, len(profiles))
+  keys = np.concatenate(profiles).astype(np.intp) + np.repeat(np.arange(len(profiles)) * 256, sizes)
+  below = np.cumsum(np.bincount(np.maximum.accumulate(keys), minlength=256 * len(profiles)).reshape(-1, 4, 256), axis=2)
+  offsets = np.array([(ox, oy) for _, oy, ox in parts], np.intp).reshape(-1, 2, 1)
+  out = np.empty((len(parts), 4, 256), np.int64)
+  out[:, :2] = below[:, :2] + offsets
+  out[:, 2:] = sizes.reshape(-1, 4)[:, 2:, None] - 1 - below[:, 2:] + offsets
+  return out.transpose(0, 2, 1)
+
+
+def _iou_one(a, b) -> float:
+  """IoU of two boxes given as Python sequences (the convention of ``boxes.iou``)."""
+  iw = max(0, min(a[2], b[2]) - max(a[0], b[0]) + 1)
+  ih = max(0, min(a[3], b[3]) - max(a[1], b[1]) + 1)
+  inter = iw * ih
+  union = (a[2] - a[0] + 1) * (a[3] - a[1] + 1) + (b[2] - b[0] + 1) * (b[3] - b[1] + 1) - inter
+  return inter / union if union > 0 else 0.0
+
+
+def _best_iou(boxes: np.ndarray, gt: np.ndarray) -> np.ndarray:
+  """Best IoU of each box (B, 4) against its own ground-truth boxes (B, M, 4); inclusive, 0 for no union."""
+  b = boxes[:, None, :]
+  iw = np.minimum(b[..., 2], gt[..., 2]) - np.maximum(b[..., 0], gt[..., 0]) + 1
+  ih = np.minimum(b[..., 3], gt[..., 3]) - np.maximum(b[..., 1], gt[..., 1]) + 1
+  inter = np.maximum(iw, 0) * np.maximum(ih, 0)
+  union = (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1) + (gt[..., 2] - gt[..., 0] + 1) * (
+      gt[..., 3] - gt[..., 1] + 1) - inter
+  ok = union > 0
+  return np.where(ok, inter / np.where(ok, union, 1), 0.0).max(axis=1)
+
+
+def _contour_boxes(contours: tuple, multi: bool) -> np.ndarray:
+  """Tight boxes of a contour list's bounding rectangles; the first largest-area border only when not ``multi``."""
+  if not multi and len(contours) > 1:
+    areas = [cv2.contourArea(k) for k in contours]
+    contours = (contours[areas.index(max(areas))],)
+  r = np.array([cv2.boundingRect(k) for k in contours], np.int64).reshape(-1, 4)
+  r[:, 2:] += r[:, :2] - 1
+  return r
+
+
+class _Boxes:
+  """Boxes of many maps' levels, gathered per mode and scored against ground truth in one vectorized pass.
+
+  A box is tight (inclusive) and owned by one level slot; components found by ``_split_levels``
+  are parts whose boxes are read from one ``_extents`` call at the end.
+  """
+
+  def __init__(self, num_modes: int):
+    self.direct: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(num_modes)]  # (boxes, owners)
+    self.deferred: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in range(num_modes)]  # (owners, parts, levels)
+    self.parts: list[tuple[np.ndarray, int, int]] = []
+
+  def best(self, slots: int, slot_map: np.ndarray, gt: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(modes, slots): best IoU per level slot (-1 where a slot owns no box)."""
+    extents = _extents(self.parts) if self.parts else None
+    out = np.full((len(self.direct), slots), -1.0)
+    for m, (direct, deferred) in enumerate(zip(self.direct, self.deferred)):
+      boxes = [b for b, _ in direct] + [extents[p, lv] for _, p, lv in deferred]
+      if not boxes:
+        continue
+      owners = np.concatenate([o for _, o in direct] + [o for o, _, _ in deferred])
+      tight = np.concatenate(boxes)
+      tight[:, 2] = np.minimum(tight[:, 2] + 1, width - 1)  # the standard's (x + w, y + h), clipped
+      tight[:, 3] = np.minimum(tight[:, 3] + 1, height - 1)
+      np.maximum.at(out[m], owners, _best_iou(tight, gt[slot_map[owners]]))
+    return out
+
+
+@_opencv_one_thread()
+def best_iou_batch(q: np.ndarray, gt_boxes: list[np.ndarray], table: LevelTable, modes: tuple[bool, ...] = (True,),
+                   *, shortcut: bool = True) -> np.ndarray:
+  """Best IoU (N, len(modes), T) of each map's boxes at each CAM threshold against its ground truth.
+
+  ``q``: (N, H, W) uint8 levels (``quantize``); ``gt_boxes``: N int arrays (M_i, 4). ``modes``
+  lists ``multi_contour`` flags; both modes come from the same contour calls. Work is at most
+  one contour extraction per distinct binarization hit by the thresholds (on the crop holding
+  its foreground), and none for the levels ``_proven_levels`` settles (``shortcut``). With
+  ``shortcut=False`` this is the plain deduplicated sweep, kept as a cross-check.
+  """
+  n, height, width = q.shape
+  if n == 0:
+    return np.zeros((0, len(modes), len(table)))
+  maxes = cv2.reduce(q.reshape(n, -1), 1, cv2.REDUCE_MAX).ravel().tolist()
+  tight_all = _extents([(q[i], 0, 0) for i in range(n)])  # foreground boxes (crops) of every map and level
+  full = (0, 0, width - 1, height - 1)
+  collected = _Boxes(len(modes))
+  levels, bases, base = [], [], 0
+  for i in range(n):
+    lv = table(maxes[i]) if shortcut else table.canonical(q[i], maxes[i])
+    levels.append(lv)
+    bases.append(base)
+    tight = tight_all[i][np.maximum(lv.work, 0)]
+    if len(lv.work) and lv.work[0] < 0:
+      tight[0] = full  # level -1: everything
+    _sweep_map(q[i], lv.work, tight, lv.index + base, modes, shortcut, collected)
+    base += lv.count
+  slot_map = np.repeat(np.arange(n), [lv.count for lv in levels])
+  mmax = max(len(g) for g in gt_boxes)
+  gt = np.stack([np.concatenate([g, np.repeat(g[:1], mmax - len(g), axis=0)]) for g in gt_boxes])  # padded with a repeat
+  best = collected.best(base, slot_map, gt, height, width)
+  empty = np.array([max(_iou_one((0, 0, 0, 0), b) for b in g.tolist()) for g in gt_boxes])
+  best = np.where(best < 0, empty[slot_map], best)  # slots of empty levels: the (0, 0, 0, 0) box
+  index = np.stack([lv.inverse for lv in levels]) + np.array(bases)[:, None]
+  return best[:, index].transpose(1, 0, 2)
+
+
+def wsol_level_best_iou(scoremap: np.ndarray, gt_boxes: np.ndarray, cam_thresholds: Any,
+                        modes: tuple[bool, ...] = (True,), *, shortcut: bool = True) -> np.ndarray:
+  """``best_iou_batch`` for one map (float in [0, 1], or its uint8 levels): (len(modes), T)."""
+  q = scoremap if scoremap.dtype == np.uint8 else quantize(scoremap)
+  table = cam_thresholds if isinstance(cam_thresholds, LevelTable) else LevelTable(cam_thresholds)
+  return best_iou_batch(q[None], [np.asarray(gt_boxes, np.int64).reshape(-1, 4)], table, modes, shortcut=shortcut)[0]
+
+
+def _sweep_map(q: np.ndarray, work: np.ndarray, tight: np.ndarray, slots: np.ndarray, modes: tuple[bool, ...],
+               shortcut: bool, out: _Boxes) -> None:
+  """Boxes of every nonempty level ``work`` (ascending, foreground boxes ``tight``) into ``out``, owned by ``slots``."""
+  cache: dict[int, tuple] = {}
+
+  def contours_at(j: int) -> tuple:
+    if j not in cache:
+      x0, y0, x1, y1 = tight[j].tolist()
+      binary = cv2.threshold(q[y0:y1 + 1, x0:x1 + 1], int(work[j]), 1, cv2.THRESH_BINARY)[1] if work[j] >= 0 else \
+          np.ones((y1 - y0 + 1, x1 - x0 + 1), np.uint8)
+      cache[j] = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE, offset=(x0, y0))
+    return cache[j]
+
+  one, several = _proven_levels(q, work, tight, contours_at, single=not all(modes)) if shortcut and len(work) else \
+      (np.zeros(0, np.intp), [])
+  firsts = []  # each group's components are registered once, shared by the modes
+  for group in several:
+    firsts.append(len(out.parts))
+    out.parts += group[1]
+  for m, multi in enumerate(modes):
+    done = np.zeros(len(work), bool)
+    if len(one):
+      out.direct[m].append((tight[one], slots[one]))
+      done[one] = True
+    for (take, _, levels, present, choice), first in zip(several, firsts):
+      if multi:
+        r, c = np.nonzero(present)
+        out.deferred[m].append((slots[take[r]], first + c, levels[r]))
+        done[take] = True
+      else:
+        ok = np.flatnonzero(choice >= 0)
+        out.deferred[m].append((slots[take[ok]], first + choice[ok], levels[ok]))
+        done[take[ok]] = True
+    todo = np.flatnonzero(~done).tolist()
+    for j in todo:
+      boxes = _contour_boxes(contours_at(j)[0], multi)
+      out.direct[m].append((boxes, np.full(len(boxes), slots[j])))
+
+
+def _proven_levels(q: np.ndarray, work: np.ndarray, tight: np.ndarray, contours_at: Callable[[int], tuple],
+                   single: bool) -> tuple[np.ndarray, list]:
+  """Levels (indices into ``work``) whose boxes are proven without their own contour call.
+
+  Returns the hole-free one-component levels, whose box is their ``tight`` box, and groups
+  (levels' indices, component parts, levels, present (n, C), single-contour choice (n,) or -1
+  where unproven) of hole-free levels with several components.
+
+  Component counts C for every level (``work`` ascending), walking down from the top:
+  - a component of ``q > L`` either contains one of ``q > L'`` (L < L') or holds a regional
+    maximum with value in (L, L']; so C(L) <= C(L') + U(L) - U(L'), U = maxima above;
+  - the Euler number E = C - H <= C; where E reaches that bound, C = E and there is no hole.
+  Elsewhere one contour call gives C exactly and the walk goes on from there.
+  Hole-free levels with C = 1: the only border is the outer one, its box the foreground's
+  bounding box. C >= 2: see ``_split_levels``.
+  """
+  n = len(work)
+  skip = int(np.searchsorted(work, 0))  # level -1 (negative thresholds: all foreground) is left to the contour finder
+  if skip == n:
+    return np.zeros(0, np.intp), []
+  # Everything above the lowest level lies in its crop; outside it the map is at or below
+  # that level, which is what the Euler count's zero padding and the maxima test assume.
+  x0, y0, x1, y1 = tight[skip].tolist()
+  inner = q[y0:y1 + 1, x0:x1 + 1]
+  levels = work[skip:]
+  euler = euler_numbers(inner)[levels]
+  maxima = regional_maxima_values(inner)
+  above = len(maxima) - np.searchsorted(maxima[::-1], levels, side="right")  # maxima strictly above each level
+  count = np.zeros(n - skip, np.int64)
+  free = np.zeros(n - skip, bool)  # proven: C = count and no hole
+  top, top_count, top_above = n - skip, 0, 0
+  while top > 0:
+    bound = top_count + above[:top] - top_above
+    fails = np.flatnonzero(euler[:top] != bound)
+    stop = int(fails[-1]) if len(fails) else -1
+    count[stop + 1:top] = bound[stop + 1:]
+    free[stop + 1:top] = True
+    if stop < 0:
+      break
+    contours, hierarchy = contours_at(stop + skip)  # exact count here; its boxes come from these contours
+    top, top_count, top_above = stop, component_count(hierarchy, len(contours)), int(above[stop])
+  one = np.flatnonzero(free & (count == 1)) + skip
+  several = np.flatnonzero(free & (count >= 2))
+  groups, pos = [], 0
+  while pos < len(several):
+    group = _split_levels(q, levels, tight[skip:], several[pos:], count, lambda j: contours_at(j + skip), single)
+    if group is None:  # cannot happen; stay exact by leaving the level to the contour finder
+      pos += 1
+      continue
+    groups.append((group[0] + skip, *group[1:]))
+    pos += len(group[0])
+  return one, groups
+
+
+def _split_levels(q: np.ndarray, work: np.ndarray, tight: np.ndarray, several: np.ndarray, count: np.ndarray,
+                  contours_at: Callable[[int], tuple], single: bool) -> tuple | None:
+  """The leading levels of ``several`` (hole-free, C >= 2) that the components of the first one ("base") settle.
+
+  At a level L >= base, if the number of base components reaching above L equals C(L), each
+  holds exactly one component of ``q > L``, and its box is the bounding box of the base
+  component's part above L. With ``single``, the largest border is picked by contour area,
+  which for a component without holes is (2x2 cells with 4 of its pixels) + 0.5 (cells with
+  3); ties are left unproven (OpenCV's order would decide them).
+  """
+  base = int(several[0])
+  level = int(work[base])
+  # When the components' bounding boxes are disjoint, each box holds only its own component's
+  # pixels above the level, so no labelling is needed.
+  rects = [cv2.boundingRect(k) for k in contours_at(base)[0]]
+  if len(rects) == count[base] and _disjoint(rects):
+    parts = [(q[y:y + h, x:x + w], y, x) for x, y, w, h in rects]
+    members = [(image > level).view(np.uint8) for image, _, _ in parts] if single else []
+  else:
+    x0, y0, x1, y1 = tight[base].tolist()
+    crop = q[y0:y1 + 1, x0:x1 + 1]
+    num, labels = cv2.connectedComponents((crop > level).view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+    if num - 1 != count[base]:
+      return None
+    masks = [cv2.compare(labels, i, cv2.CMP_EQ) for i in range(1, num)]
+    parts = [(cv2.bitwise_and(crop, crop, mask=mask), y0, x0) for mask in masks]
+    members = masks if single else []
+  peaks = np.array([cv2.minMaxLoc(image)[1] for image, _, _ in parts])
+  levels = work[several]
+  present = peaks[None, :] > levels[:, None]
+  valid = present.sum(axis=1) == count[several]
+  stop = len(several) if valid.all() else int(np.argmin(valid))
+  if stop == 0:
+    return None
+  take, present, levels = several[:stop], present[:stop], levels[:stop]
+  choice = np.full(stop, -1, np.intp)
+  if single:
+    areas = np.concatenate([_component_areas(image, (member > 0).astype(np.int32), 1, levels)
+                            for (image, _, _), member in zip(parts, members)], axis=1)
+    area = np.where(present, areas, -1.0)
+    unique = (area == area.max(axis=1, keepdims=True)).sum(axis=1) == 1
+    choice[unique] = area[unique].argmax(axis=1)
+  return take, parts, levels, present, choice
+
+
+def _disjoint(rects: list) -> bool:
+  """Whether no two (x, y, w, h) rectangles share a pixel."""
+  for i, (x, y, w, h) in enumerate(rects):
+    for u, v, r, t in rects[i + 1:]:
+      if x < u + r and u < x + w and y < v + t and v < y + h:
+        return False
+  return True
+
+
+def _component_areas(qc: np.ndarray, labels: np.ndarray, count: int, levels: np.ndarray) -> np.ndarray:
+  """(levels, count) contour areas of each labelled component's part above each level (no holes)."""
+  p = np.zeros((qc.shape[0] + 2, qc.shape[1] + 2), np.uint8)
+  p[1:-1, 1:-1] = qc
+  lab = np.zeros(p.shape, np.int32)
+  lab[1:-1, 1:-1] = labels
+  a, b, c, d = p[:-1, :-1], p[:-1, 1:], p[1:, :-1], p[1:, 1:]
+  ab_lo, ab_hi, cd_lo, cd_hi = cv2.min(a, b), cv2.max(a, b), cv2.min(c, d), cv2.max(c, d)
+  s1 = cv2.min(ab_lo, cd_lo).ravel()  # 4 pixels above L while L < s1
+  s2 = cv2.min(cv2.max(ab_lo, cd_lo), cv2.min(ab_hi, cd_hi)).ravel()  # at least 3 while L < s2
+  owner = cv2.max(cv2.max(lab[:-1, :-1], lab[:-1, 1:]), cv2.max(lab[1:, :-1], lab[1:, 1:])).ravel()
+  cells = np.flatnonzero(s2 > levels.min())
+  size = (count + 1) * 256
+  h1 = np.bincount(owner[cells] * 256 + s1[cells], minlength=size).reshape(count + 1, 256)
+  h2 = np.bincount(owner[cells] * 256 + s2[cells], minlength=size).reshape(count + 1, 256)
+  above = lambda h: h.sum(axis=1, keepdims=True) - np.cumsum(h, axis=1)  # cells with value > L, at column L
+  area = 0.5 * (above(h1) + above(h2))[1:]  # (count, 256)
+  return area[:, levels].T
