@@ -49,24 +49,23 @@ def euler_numbers(q: np.ndarray) -> np.ndarray:
   s3 <= L < s4 and three for s1 <= L < s2, so n1 - n3 at every level comes from histograms:
   +s2 +s3 -s1 -s4. Every pixel lies in 4 cells, so hist(s1) + hist(s4) = 4 hist(q) + padding
   - hist(s2) - hist(s3), and {s2, s3} are the two middle values of the cell: three histograms
-  in all. A diagonal pair (nD) is a cell whose two largest values sit on a diagonal; it has
-  that pattern for s2 <= L < s3. (L = -1 is not covered: the padding is 0.)
+  in all: s2 and s3 are max(lo(a, b), lo(c, d)) and min(hi(a, b), hi(c, d)), in some order, with
+  a b / c d the cell. A cell has a diagonal pair (nD) for s2 <= L < s3 when its two largest
+  values sit on a diagonal: the two row maxima, one in each column. (L = -1 is not covered:
+  the padding is 0.)
   """
   height, width = q.shape
   p = cv2.copyMakeBorder(q, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
-  a, b, c, d = p[:-1, :-1], p[:-1, 1:], p[1:, :-1], p[1:, 1:]  # a b / c d
-  lo, hi = cv2.min, cv2.max  # far faster than NumPy on strided uint8 views
-  ab_lo, ab_hi, cd_lo, cd_hi = lo(a, b), hi(a, b), lo(c, d), hi(c, d)
-  middle = _histogram(hi(ab_lo, cd_lo)) + _histogram(lo(ab_hi, cd_hi))  # the two middle values, in some order
-  delta = 2 * middle - 4 * _histogram(q)
+  lo, hi, cmp = cv2.min, cv2.max, cv2.compare  # far faster than NumPy on strided uint8 views
+  pair_lo, pair_hi = lo(p[:, :-1], p[:, 1:]), hi(p[:, :-1], p[:, 1:])  # each row's horizontal pairs, shared by two cells
+  low_mid, high_mid = hi(pair_lo[:-1], pair_lo[1:]), lo(pair_hi[:-1], pair_hi[1:])
+  delta = 2 * (_histogram(low_mid) + _histogram(high_mid)) - 4 * _histogram(q)
   delta[0] -= 4 * (height + width + 1)  # padding pixels' cell memberships, all at value 0
-  # Diagonal pairs: a, d above b, c for max(b, c) <= L < min(a, d) (and the other diagonal
-  # likewise); the saturating difference is nonzero exactly on those cells. Rare in smooth maps.
-  start1, end1, start2, end2 = hi(b, c), lo(a, d), hi(a, d), lo(b, c)
-  on1, on2 = cv2.subtract(end1, start1), cv2.subtract(end2, start2)
-  if cv2.countNonZero(cv2.max(on1, on2)):
-    for start, end, on in ((start1, end1, on1), (start2, end2, on2)):
-      delta -= 2 * (_histogram(start, on) - _histogram(end, on))
+  # Diagonal: high_mid > low_mid (the row maxima are the top two) and a > b exactly when d > c.
+  diagonal = cv2.bitwise_and(cmp(high_mid, low_mid, cv2.CMP_GT),
+                             cmp(cmp(p[:-1, :-1], p[:-1, 1:], cv2.CMP_GT), cmp(p[1:, 1:], p[1:, :-1], cv2.CMP_GT), cv2.CMP_EQ))
+  if cv2.countNonZero(diagonal):  # rare in smooth maps
+    delta -= 2 * (_histogram(low_mid, diagonal) - _histogram(high_mid, diagonal))
   return np.rint(np.cumsum(delta) / 4).astype(np.int64)
 
 
@@ -74,21 +73,30 @@ def regional_maxima_values(q: np.ndarray) -> np.ndarray:
   """Values (> 0) of the regional maxima of ``q`` (8-connected flat zones with no higher neighbour), descending.
 
   Every 8-connected component of ``q > L`` (L >= 0) holds at least one regional maximum above L.
-  Candidates are the pixels with no higher neighbour; two such neighbours are equal, so their
-  components are flat. A component is maximal unless it touches an equal pixel that has a
-  higher neighbour ("spoiled").
+  Candidates are the pixels with no higher neighbour; two such neighbours are equal, so the
+  candidates' components are flat zones, and distinct ones never touch. A zone is maximal
+  unless it holds a "spoiled" pixel: one next to an equal pixel that has a higher neighbour.
+  Quantized slopes make many such terraces; a few dilations mark the parts of them near a
+  spoiled pixel ("reached") and take them out before labelling. What is left of a terrace
+  touches a reached pixel; what is left of a maximum is all of it and touches none.
   """
   top = cv2.bitwise_and(cv2.compare(q, cv2.dilate(q, _K3), cv2.CMP_EQ), cv2.compare(q, 0, cv2.CMP_GT))
   lower = cv2.subtract(q, top)  # q off the candidates (q - 255 saturates to 0), q elsewhere
-  spoiled = cv2.bitwise_and(top, cv2.compare(cv2.dilate(lower, _K3), q, cv2.CMP_EQ))
-  n, labels = cv2.connectedComponents(top, connectivity=8, ltype=cv2.CV_32S)
-  idx = np.flatnonzero(top.ravel() > 0)  # (a bool mask: nonzero on uint8 is several times slower)
+  reached = cv2.bitwise_and(top, cv2.compare(cv2.dilate(lower, _K3), q, cv2.CMP_EQ))  # the spoiled pixels
+  for _ in range(2):
+    reached = cv2.bitwise_and(cv2.dilate(reached, _K3), top)
+  rest = cv2.subtract(top, reached)
+  idx = np.flatnonzero(rest.ravel() > 0)  # (a bool mask: nonzero on uint8 is several times slower)
+  if len(idx) == 0:
+    return np.zeros(0, np.int64)
+  touching = cv2.bitwise_and(rest, cv2.dilate(reached, _K3))
+  n, labels = cv2.connectedComponents(rest, connectivity=8, ltype=cv2.CV_32S)
   zone = labels.ravel()[idx]
   values = np.zeros(n, np.int64)
   values[zone] = q.ravel()[idx]
   ok = np.ones(n, bool)
   ok[0] = False
-  ok[zone[spoiled.ravel()[idx] > 0]] = False
+  ok[zone[touching.ravel()[idx] > 0]] = False
   return np.sort(values[ok])[::-1]
 
 
@@ -166,7 +174,8 @@ def _extents(parts: list[tuple[np.ndarray, int, int]]) -> np.ndarray:
     profiles += [cols, rows, cols[::-1], rows[::-1]]
   sizes = np.fromiter(map(len, profiles), np.intp, len(profiles))
   keys = np.concatenate(profiles).astype(np.intp) + np.repeat(np.arange(len(profiles)) * 256, sizes)
-  below = np.cumsum(np.bincount(np.maximum.accumulate(keys), minlength=256 * len(profiles)).reshape(-1, 4, 256), axis=2)
+  running = np.cumsum(np.bincount(np.maximum.accumulate(keys), minlength=256 * len(profiles)))  # (one flat cumsum
+  below = (running.reshape(-1, 256) - np.append(0, running[255:-1:256])[:, None]).reshape(-1, 4, 256)  # is the fast one)
   offsets = np.array([(ox, oy) for _, oy, ox in parts], np.intp).reshape(-1, 2, 1)
   out = np.empty((len(parts), 4, 256), np.int64)
   out[:, :2] = below[:, :2] + offsets
