@@ -398,16 +398,13 @@ def _split_levels(q: np.ndarray, work: np.ndarray, tight: np.ndarray, several: n
   rects = [cv2.boundingRect(k) for k in contours_at(base)[0]]
   if len(rects) == count[base] and _disjoint(rects):
     parts = [(q[y:y + h, x:x + w], y, x) for x, y, w, h in rects]
-    members = [(image > level).view(np.uint8) for image, _, _ in parts] if single else []
-  else:
+  else:  # each component alone: the crop with everything else set to 0 (below every level)
     x0, y0, x1, y1 = tight[base].tolist()
     crop = q[y0:y1 + 1, x0:x1 + 1]
     num, labels = cv2.connectedComponents((crop > level).view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
     if num - 1 != count[base]:
       return None
-    masks = [cv2.compare(labels, i, cv2.CMP_EQ) for i in range(1, num)]
-    parts = [(cv2.bitwise_and(crop, crop, mask=mask), y0, x0) for mask in masks]
-    members = masks if single else []
+    parts = [(cv2.bitwise_and(crop, crop, mask=cv2.compare(labels, i, cv2.CMP_EQ)), y0, x0) for i in range(1, num)]
   peaks = np.array([cv2.minMaxLoc(image)[1] for image, _, _ in parts])
   levels = work[several]
   present = peaks[None, :] > levels[:, None]
@@ -418,9 +415,7 @@ def _split_levels(q: np.ndarray, work: np.ndarray, tight: np.ndarray, several: n
   take, present, levels = several[:stop], present[:stop], levels[:stop]
   choice = np.full(stop, -1, np.intp)
   if single:
-    areas = np.concatenate([_component_areas(image, (member > 0).astype(np.int32), 1, levels)
-                            for (image, _, _), member in zip(parts, members)], axis=1)
-    area = np.where(present, areas, -1.0)
+    area = np.where(present, np.stack([_component_areas(image, levels) for image, _, _ in parts], axis=1), -1.0)
     unique = (area == area.max(axis=1, keepdims=True)).sum(axis=1) == 1
     choice[unique] = area[unique].argmax(axis=1)
   return take, parts, levels, present, choice
@@ -435,21 +430,16 @@ def _disjoint(rects: list) -> bool:
   return True
 
 
-def _component_areas(qc: np.ndarray, labels: np.ndarray, count: int, levels: np.ndarray) -> np.ndarray:
-  """(levels, count) contour areas of each labelled component's part above each level (no holes)."""
-  p = np.zeros((qc.shape[0] + 2, qc.shape[1] + 2), np.uint8)
-  p[1:-1, 1:-1] = qc
-  lab = np.zeros(p.shape, np.int32)
-  lab[1:-1, 1:-1] = labels
-  a, b, c, d = p[:-1, :-1], p[:-1, 1:], p[1:, :-1], p[1:, 1:]
-  ab_lo, ab_hi, cd_lo, cd_hi = cv2.min(a, b), cv2.max(a, b), cv2.min(c, d), cv2.max(c, d)
-  s1 = cv2.min(ab_lo, cd_lo).ravel()  # 4 pixels above L while L < s1
-  s2 = cv2.min(cv2.max(ab_lo, cd_lo), cv2.min(ab_hi, cd_hi)).ravel()  # at least 3 while L < s2
-  owner = cv2.max(cv2.max(lab[:-1, :-1], lab[:-1, 1:]), cv2.max(lab[1:, :-1], lab[1:, 1:])).ravel()
-  cells = np.flatnonzero(s2 > levels.min())
-  size = (count + 1) * 256
-  h1 = np.bincount(owner[cells] * 256 + s1[cells], minlength=size).reshape(count + 1, 256)
-  h2 = np.bincount(owner[cells] * 256 + s2[cells], minlength=size).reshape(count + 1, 256)
-  above = lambda h: h.sum(axis=1, keepdims=True) - np.cumsum(h, axis=1)  # cells with value > L, at column L
-  area = 0.5 * (above(h1) + above(h2))[1:]  # (count, 256)
-  return area[:, levels].T
+def _component_areas(image: np.ndarray, levels: np.ndarray) -> np.ndarray:
+  """Contour area of ``image > L`` for each level, where that is one component without holes.
+
+  The border through the pixel centres encloses (2x2 cells with 4 pixels above L) + 0.5
+  (cells with 3): 0.5 (#cells with s1 > L + #cells with s2 > L) for a cell's sorted values
+  s1 <= s2 <= s3 <= s4, over the zero-padded image.
+  """
+  p = cv2.copyMakeBorder(image, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+  pair_lo, pair_hi = cv2.min(p[:, :-1], p[:, 1:]), cv2.max(p[:, :-1], p[:, 1:])
+  s1 = cv2.min(pair_lo[:-1], pair_lo[1:])
+  s2 = cv2.min(cv2.max(pair_lo[:-1], pair_lo[1:]), cv2.min(pair_hi[:-1], pair_hi[1:]))
+  at_most = np.cumsum(_histogram(s1) + _histogram(s2))  # cells with s1 <= L, plus cells with s2 <= L
+  return 0.5 * (2 * s1.size - at_most[levels])
