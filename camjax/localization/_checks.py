@@ -65,7 +65,12 @@ def as_box_list(gt_boxes: Sequence[Any], *, count: int, height: int, width: int,
   """One checked (M_i, 4) array per image."""
   if len(gt_boxes) != count:
     raise ValueError(f"gt_boxes has {len(gt_boxes)} entries for {count} score maps; give one (M_i, 4) array per image")
-  return [as_box_array(b, index=offset + i, height=height, width=width) for i, b in enumerate(gt_boxes)]
+  arrays = [np.asarray(b) for b in gt_boxes]
+  if all(a.ndim == 2 and a.shape[0] and a.shape[1] == 4 and a.dtype.kind in "iu" for a in arrays):
+    x0, y0, x1, y1 = np.concatenate(arrays).astype(np.int64).T  # all at once; per image only to name a bad one
+    if ((x0 >= 0) & (y0 >= 0) & (x1 < width) & (y1 < height) & (x1 >= x0) & (y1 >= y0)).all():
+      return [a.astype(np.int64, copy=False) for a in arrays]
+  return [as_box_array(a, index=offset + i, height=height, width=width) for i, a in enumerate(arrays)]
 
 
 def as_thresholds(values: Any, *, name: str) -> np.ndarray:

@@ -65,7 +65,8 @@ class WsolAccumulator:
     multi_contour: True (all borders: MaxBoxAccV2), False (largest border: MaxBoxAcc v1), or
       "both" (both from the same contour pass).
     num_workers: processes used inside ``add`` (1: in-process; None or 0: every core);
-      results are identical either way. ``chunk_size`` maps go to a worker at a time.
+      results are identical either way. ``chunk_size`` maps are scored together (and go to
+      a worker at a time).
 
   Usage: ``add(scoremaps, gt_boxes, top1_correct=None)`` per batch; ``result()`` at the end
   (keys as ``max_box_acc``, plus "top1_loc@<delta>" when ``top1_correct`` was given: top-1
@@ -107,17 +108,19 @@ class WsolAccumulator:
       top1 = np.asarray(top1_correct, bool).reshape(-1)
       if top1.shape[0] != n:
         raise ValueError(f"top1_correct has {top1.shape[0]} entries for {n} score maps")
-    args = (self.cam_thresholds, self._iou_fractions, self._modes)
-    if self.num_workers > 1 and n > self.chunk_size:
+    # A chunk's boxes are scored together, so its size also bounds the memory in use.
+    size = self.chunk_size
+    parallel = self.num_workers > 1 and n > size
+    if parallel:
       maps = quantize(maps)  # workers get the uint8 levels: 8x less to send
+    chunks = [(maps[s:s + size], boxes[s:s + size], self.cam_thresholds, self._iou_fractions, self._modes,
+               None if top1 is None else top1[s:s + size]) for s in range(0, n, size)]
+    if parallel:
       if self._pool is None:
         self._pool = concurrent.futures.ProcessPoolExecutor(self.num_workers, mp_context=_pool_context())
-      futures = [self._pool.submit(_count_chunk, maps[s:s + self.chunk_size], boxes[s:s + self.chunk_size], *args,
-                                   None if top1 is None else top1[s:s + self.chunk_size])
-                 for s in range(0, n, self.chunk_size)]
-      results = [f.result() for f in futures]
+      results = [f.result() for f in [self._pool.submit(_count_chunk, *chunk) for chunk in chunks]]
     else:
-      results = [_count_chunk(maps, boxes, *args, top1)]
+      results = [_count_chunk(*chunk) for chunk in chunks]
     for correct, correct_top1 in results:
       self.correct += correct
       self.correct_top1 += correct_top1
