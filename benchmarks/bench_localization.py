@@ -4,7 +4,7 @@
 (step 0.001) on 224 x 224 maps at least 30x faster on one core than calling the contour
 finder once per threshold, with identical results (asserted here). Both sides run pinned
 to one CPU (where the OS allows it) and are timed in CPU seconds of this process, best of
-three, on random smooth maps.
+three (the two interleaved), on random smooth maps.
 """
 
 from __future__ import annotations
@@ -89,20 +89,23 @@ def one_core():
     os.sched_setaffinity(0, before)
 
 
-def _cpu_best(fn, repeats: int):
-  """Least CPU time of ``repeats`` calls, and the last result."""
-  best, out = float("inf"), None
+def _cpu_best(fns: list, repeats: int) -> list:
+  """Least CPU time of each function over ``repeats`` rounds, the functions interleaved within
+  a round (so both sides see the same machine state), and each one's last result."""
+  best, out = [float("inf")] * len(fns), [None] * len(fns)
   for _ in range(repeats):
-    start = time.process_time()
-    out = fn()
-    best = min(best, time.process_time() - start)
-  return best, out
+    for i, fn in enumerate(fns):
+      start = time.process_time()
+      out[i] = fn()
+      best[i] = min(best[i], time.process_time() - start)
+  return list(zip(best, out))
 
 
 def compare(name: str, maps: np.ndarray, boxes: list[np.ndarray], multi_contour: bool, repeats: int = 3) -> list[dict]:
   with one_core():
-    naive_s, naive = _cpu_best(lambda: naive_curve(maps, boxes, multi_contour), repeats)
-    fast_s, result = _cpu_best(lambda: loc.max_box_acc(maps, boxes, THRESHOLDS, IOU_THRESHOLDS, multi_contour), repeats)
+    (naive_s, naive), (fast_s, result) = _cpu_best(
+        [lambda: naive_curve(maps, boxes, multi_contour),
+         lambda: loc.max_box_acc(maps, boxes, THRESHOLDS, IOU_THRESHOLDS, multi_contour)], repeats)
   curve = loc.box_accuracy_curve(maps, boxes, THRESHOLDS, IOU_THRESHOLDS, multi_contour)
   assert np.array_equal(curve, naive), f"{name}: level sweep differs from the per-threshold sweep"
   assert all(result[f"MaxBoxAcc@{d}"] == naive[k].max() for k, d in enumerate(IOU_THRESHOLDS))
