@@ -13,7 +13,7 @@ import pytest
 from camjax import localization as loc
 import cv2
 from camjax.localization.boxes import cam_levels, quantize, wsol_boxes_at_level
-from camjax.localization.sweep import (_component_areas, component_count, euler_numbers, regional_maxima_values,
+from camjax.localization.sweep import (_component_areas, component_count, euler_numbers, regional_maxima,
                                      wsol_level_best_iou)
 
 
@@ -187,7 +187,8 @@ def test_euler_numbers_and_regional_maxima_match_contours():
   for m in _random_maps(rng, 12, 20):
     q = quantize(m)
     euler = euler_numbers(q)
-    maxima = regional_maxima_values(q)
+    maxima, rows, cols = regional_maxima(q)
+    assert (q[rows, cols] == maxima).all() and (np.diff(maxima) <= 0).all()
     for level in range(int(q.max())):
       contours, hierarchy = cv2.findContours((q > level).view(np.uint8), cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)
       outer = component_count(hierarchy, len(contours))

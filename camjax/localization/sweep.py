@@ -22,6 +22,7 @@ import numpy as np
 from camjax.localization.boxes import cam_levels, quantize
 
 _K3 = np.ones((3, 3), np.uint8)
+_GROW = np.array([-1, -1, 1, 1])
 
 
 @contextlib.contextmanager
@@ -34,6 +35,11 @@ def _opencv_one_thread() -> Iterator[None]:
     yield
   finally:
     cv2.setNumThreads(before)
+
+
+def _above(image: np.ndarray, level: int) -> np.ndarray:
+  """``image > level`` as 0/255 (``cv2.compare`` with a number fails on a 1 x 1 image)."""
+  return cv2.threshold(image, level, 255, cv2.THRESH_BINARY)[1]
 
 
 def _histogram(values: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
@@ -69,8 +75,9 @@ def euler_numbers(q: np.ndarray) -> np.ndarray:
   return np.rint(np.cumsum(delta) / 4).astype(np.int64)
 
 
-def regional_maxima_values(q: np.ndarray) -> np.ndarray:
-  """Values (> 0) of the regional maxima of ``q`` (8-connected flat zones with no higher neighbour), descending.
+def regional_maxima(q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Regional maxima of ``q`` (8-connected flat zones with no higher neighbour, value > 0): their
+  values, descending, and one pixel (rows, columns) of each.
 
   Every 8-connected component of ``q > L`` (L >= 0) holds at least one regional maximum above L.
   Candidates are the pixels with no higher neighbour; two such neighbours are equal, so the
@@ -80,7 +87,7 @@ def regional_maxima_values(q: np.ndarray) -> np.ndarray:
   spoiled pixel ("reached") and take them out before labelling. What is left of a terrace
   touches a reached pixel; what is left of a maximum is all of it and touches none.
   """
-  top = cv2.bitwise_and(cv2.compare(q, cv2.dilate(q, _K3), cv2.CMP_EQ), cv2.compare(q, 0, cv2.CMP_GT))
+  top = cv2.bitwise_and(cv2.compare(q, cv2.dilate(q, _K3), cv2.CMP_EQ), _above(q, 0))
   lower = cv2.subtract(q, top)  # q off the candidates (q - 255 saturates to 0), q elsewhere
   reached = cv2.bitwise_and(top, cv2.compare(cv2.dilate(lower, _K3), q, cv2.CMP_EQ))  # the spoiled pixels
   for _ in range(2):
@@ -88,31 +95,72 @@ def regional_maxima_values(q: np.ndarray) -> np.ndarray:
   rest = cv2.subtract(top, reached)
   idx = np.flatnonzero(rest.ravel() > 0)  # (a bool mask: nonzero on uint8 is several times slower)
   if len(idx) == 0:
-    return np.zeros(0, np.int64)
+    return np.zeros(0, np.int64), np.zeros(0, np.intp), np.zeros(0, np.intp)
   touching = cv2.bitwise_and(rest, cv2.dilate(reached, _K3))
   n, labels = cv2.connectedComponents(rest, connectivity=8, ltype=cv2.CV_32S)
   zone = labels.ravel()[idx]
   values = np.zeros(n, np.int64)
   values[zone] = q.ravel()[idx]
+  pixel = np.zeros(n, np.intp)
+  pixel[zone] = idx
   ok = np.ones(n, bool)
   ok[0] = False
   ok[zone[touching.ravel()[idx] > 0]] = False
-  return np.sort(values[ok])[::-1]
+  order = np.argsort(-values[ok], kind="stable")
+  rows, cols = np.divmod(pixel[ok][order], q.shape[1])
+  return values[ok][order], rows, cols
 
 
-def component_count(hierarchy: np.ndarray | None, count: int) -> int:
-  """Components from a contour tree: outer borders are the contours at even depth."""
+def contour_depths(hierarchy: np.ndarray | None, count: int) -> list[int]:
+  """Nesting depth of each contour in a tree: even for outer borders, odd for hole borders."""
   if count == 0:
-    return 0
+    return []
   parent = hierarchy[0, :, 3]
-  outer = 0
+  depths = []
   for i in range(count):
     depth, j = 0, parent[i]
     while j >= 0:
       depth += 1
       j = parent[j]
-    outer += depth % 2 == 0
-  return outer
+    depths.append(depth)
+  return depths
+
+
+def component_count(hierarchy: np.ndarray | None, count: int) -> int:
+  """Components from a contour tree: the outer borders."""
+  return sum(d % 2 == 0 for d in contour_depths(hierarchy, count))
+
+
+def _fill_parts(values: np.ndarray, inside: np.ndarray, seeds: list[tuple[int, int]], connectivity: int,
+                oy: int, ox: int, count: int = 0) -> list | None:
+  """Parts (``values`` on the region, 0 elsewhere, cropped to its bounding box; offsets) of the
+  ``connectivity``-connected regions of the mask ``inside`` holding the seeds (x, y), one per
+  region. With ``count``, the mask is known to hold that many regions, so the last one is what
+  the others leave (no fill). None if a seed is outside the mask, or, for 4-connected regions
+  (holes), if one touches the mask's edge."""
+  height, width = inside.shape
+  filled = np.zeros((height + 2, width + 2), np.uint8)  # region i is i + 1; filled pixels stop later fills
+  parts = []
+  for x, y in seeds:
+    if not (0 <= x < width and 0 <= y < height and inside[y, x]) or len(parts) == 255:
+      return None
+    if filled[y + 1, x + 1]:
+      continue  # a seed of a region filled already
+    if count and len(parts) == count - 1:
+      rest = cv2.bitwise_and(inside, cv2.compare(filled[1:-1, 1:-1], np.zeros_like(inside), cv2.CMP_EQ))
+      rx, ry, rw, rh = cv2.boundingRect(rest)
+      region = rest[ry:ry + rh, rx:rx + rw]
+    else:
+      label = len(parts) + 1
+      rx, ry, rw, rh = cv2.floodFill(inside, filled, (x, y), 0, flags=connectivity | cv2.FLOODFILL_MASK_ONLY | label << 8)[3]
+      if connectivity == 4 and (rx == 0 or ry == 0 or rx + rw == width or ry + rh == height):
+        return None
+      region = (filled[ry + 1:ry + rh + 1, rx + 1:rx + rw + 1] == label).view(np.uint8)
+    sub = values[ry:ry + rh, rx:rx + rw]
+    parts.append((cv2.bitwise_and(sub, sub, mask=region), oy + ry, ox + rx))
+    if count and len(parts) == count:
+      break
+  return parts
 
 
 def _distinct(levels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -217,13 +265,15 @@ def _contour_boxes(contours: tuple, multi: bool) -> np.ndarray:
 class _Boxes:
   """Boxes of many maps' levels, gathered per mode and scored against ground truth in one vectorized pass.
 
-  A box is tight (inclusive) and owned by one level slot; components found by ``_split_levels``
-  are parts whose boxes are read from one ``_extents`` call at the end.
+  A box is tight (inclusive) and owned by one level slot. Components and holes found by the
+  proofs are parts whose boxes are read from one ``_extents`` call at the end; a hole's border
+  (on the foreground around it) is its box grown by one pixel ("grow").
   """
 
   def __init__(self, num_modes: int):
     self.direct: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(num_modes)]  # (boxes, owners)
-    self.deferred: list[list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = [[] for _ in range(num_modes)]  # (owners, parts, levels)
+    # (owners, part ids, part levels, grow)
+    self.deferred: list[list[tuple[np.ndarray, np.ndarray, np.ndarray, int]]] = [[] for _ in range(num_modes)]
     self.parts: list[tuple[np.ndarray, int, int]] = []
 
   def best(self, slots: int, slot_map: np.ndarray, gt: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -231,10 +281,10 @@ class _Boxes:
     extents = _extents(self.parts) if self.parts else None
     out = np.full((len(self.direct), slots), -1.0)
     for m, (direct, deferred) in enumerate(zip(self.direct, self.deferred)):
-      boxes = [b for b, _ in direct] + [extents[p, lv] for _, p, lv in deferred]
+      boxes = [b for b, _ in direct] + [extents[p, lv] + grow * _GROW for _, p, lv, grow in deferred]
       if not boxes:
         continue
-      owners = np.concatenate([o for _, o in direct] + [o for o, _, _ in deferred])
+      owners = np.concatenate([o for _, o in direct] + [o for o, _, _, _ in deferred])
       tight = np.concatenate(boxes)
       tight[:, 2] = np.minimum(tight[:, 2] + 1, width - 1)  # the standard's (x + w, y + h), clipped
       tight[:, 3] = np.minimum(tight[:, 3] + 1, height - 1)
@@ -294,33 +344,42 @@ def _sweep_map(q: np.ndarray, work: np.ndarray, tight: np.ndarray, slots: np.nda
   cache: dict[int, tuple] = {}
 
   def contours_at(j: int) -> tuple:
+    # Unapproximated chains (same boxes and areas) start where the border scan started: a hole's
+    # border at the foreground pixel just left of the hole (``_holes_at`` fills the hole from there).
     if j not in cache:
       x0, y0, x1, y1 = tight[j].tolist()
       binary = cv2.threshold(q[y0:y1 + 1, x0:x1 + 1], int(work[j]), 1, cv2.THRESH_BINARY)[1] if work[j] >= 0 else \
           np.ones((y1 - y0 + 1, x1 - x0 + 1), np.uint8)
-      cache[j] = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE, offset=(x0, y0))
+      cache[j] = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_NONE, offset=(x0, y0))
     return cache[j]
 
-  one, several = _proven_levels(q, work, tight, contours_at, single=not all(modes)) if shortcut and len(work) else \
-      (np.zeros(0, np.intp), [])
-  firsts = []  # each group's components are registered once, shared by the modes
-  for group in several:
+  proof = _proven_levels(q, work, tight, contours_at, single=not all(modes)) if shortcut and len(work) else None
+  one, several, holes, holey = proof if proof else (np.zeros(0, np.intp), [], [], None)
+  firsts = []  # each group's parts are registered once, shared by the modes
+  for group in several + holes:
     firsts.append(len(out.parts))
     out.parts += group[1]
   for m, multi in enumerate(modes):
+    # Single-contour mode settles hole-free levels only (its areas assume no hole).
     done = np.zeros(len(work), bool)
+    settled = (lambda idx: idx) if multi or holey is None else (lambda idx: idx[~holey[idx]])
     if len(one):
-      out.direct[m].append((tight[one], slots[one]))
-      done[one] = True
+      idx = settled(one)
+      out.direct[m].append((tight[idx], slots[idx]))
+      done[idx] = True
     for (take, _, levels, present, choice), first in zip(several, firsts):
       if multi:
         r, c = np.nonzero(present)
-        out.deferred[m].append((slots[take[r]], first + c, levels[r]))
+        out.deferred[m].append((slots[take[r]], first + c, levels[r], 0))
         done[take] = True
       else:
-        ok = np.flatnonzero(choice >= 0)
-        out.deferred[m].append((slots[take[ok]], first + choice[ok], levels[ok]))
+        ok = np.flatnonzero((choice >= 0) & ~holey[take])
+        out.deferred[m].append((slots[take[ok]], first + choice[ok], levels[ok], 0))
         done[take[ok]] = True
+    if multi:  # hole borders of the settled levels
+      for (take, _, levels, present), first in zip(holes, firsts[len(several):]):
+        r, c = np.nonzero(present)
+        out.deferred[m].append((slots[take[r]], first + c, 254 - levels[r], 1))  # q <= L in the inverted part
     todo = np.flatnonzero(~done).tolist()
     for j in todo:
       boxes = _contour_boxes(contours_at(j)[0], multi)
@@ -328,83 +387,121 @@ def _sweep_map(q: np.ndarray, work: np.ndarray, tight: np.ndarray, slots: np.nda
 
 
 def _proven_levels(q: np.ndarray, work: np.ndarray, tight: np.ndarray, contours_at: Callable[[int], tuple],
-                   single: bool) -> tuple[np.ndarray, list]:
-  """Levels (indices into ``work``) whose boxes are proven without their own contour call.
+                   single: bool) -> tuple[np.ndarray, list, list, np.ndarray]:
+  """Levels (indices into ``work``) whose borders are proven without their own contour call.
 
-  Returns the hole-free one-component levels, whose box is their ``tight`` box, and groups
-  (levels' indices, component parts, levels, present (n, C), single-contour choice (n,) or -1
-  where unproven) of hole-free levels with several components.
+  Returns the one-component levels, whose outer box is their ``tight`` box; groups (levels'
+  indices, component parts, levels, present (n, C), single-contour choice (n,) or -1 where
+  unproven) of levels with several components (``_split_levels``); groups (levels' indices,
+  hole parts, levels, present (n, K)) giving the holes of the settled levels; and a mask of
+  the levels with holes.
 
-  Component counts C for every level (``work`` ascending), walking down from the top:
+  Counts for every level (``work`` ascending), walking down from the top:
   - a component of ``q > L`` either contains one of ``q > L'`` (L < L') or holds a regional
     maximum with value in (L, L']; so C(L) <= C(L') + U(L) - U(L'), U = maxima above;
-  - the Euler number E = C - H <= C; where E reaches that bound, C = E and there is no hole.
-  Elsewhere one contour call gives C exactly and the walk goes on from there.
-  Hole-free levels with C = 1: the only border is the outer one, its box the foreground's
-  bounding box. C >= 2: see ``_split_levels``.
+  - below a level L' whose contours were extracted, each of its holes that still has a pixel
+    <= L holds at least one hole of ``q > L`` (the foreground around it only grows), so
+    H(L) >= P(L), P = those holes;
+  - the Euler number E = C - H. Where E + P reaches the bound on C, both bounds are exact: C
+    is the bound, and the holes are P's, one in each.
+  Elsewhere one contour call gives C exactly (and new holes to count) and the walk goes on.
+  One-component levels: the outer border's box is the foreground's bounding box; several:
+  see ``_split_levels``. A hole's box is the bounding box of its part at or below L.
   """
   n = len(work)
+  none = np.zeros(0, np.intp)
   skip = int(np.searchsorted(work, 0))  # level -1 (negative thresholds: all foreground) is left to the contour finder
   if skip == n:
-    return np.zeros(0, np.intp), []
+    return none, [], [], np.zeros(n, bool)
   # Everything above the lowest level lies in its crop; outside it the map is at or below
   # that level, which is what the Euler count's zero padding and the maxima test assume.
   x0, y0, x1, y1 = tight[skip].tolist()
   inner = q[y0:y1 + 1, x0:x1 + 1]
   levels = work[skip:]
   euler = euler_numbers(inner)[levels]
-  maxima = regional_maxima_values(inner)
+  maxima, rows, cols = regional_maxima(inner)
   above = len(maxima) - np.searchsorted(maxima[::-1], levels, side="right")  # maxima strictly above each level
+  peaks = (maxima, rows + y0, cols + x0)
   count = np.zeros(n - skip, np.int64)
-  free = np.zeros(n - skip, bool)  # proven: C = count and no hole
+  free = np.zeros(n - skip, bool)  # proven: C = count, holes as recorded
+  holey = np.zeros(n, bool)
+  hole_groups = []
   top, top_count, top_above = n - skip, 0, 0
+  holes, lowest = [], np.zeros(0, np.int64)  # the last extracted level's holes and their lowest values
   while top > 0:
+    present = lowest[None, :] <= levels[:top, None]
     bound = top_count + above[:top] - top_above
-    fails = np.flatnonzero(euler[:top] != bound)
+    fails = np.flatnonzero(euler[:top] + present.sum(axis=1) != bound)
     stop = int(fails[-1]) if len(fails) else -1
     count[stop + 1:top] = bound[stop + 1:]
     free[stop + 1:top] = True
+    if len(holes):
+      rows = stop + 1 + np.flatnonzero(present[stop + 1:].any(axis=1))
+      if len(rows):
+        hole_groups.append((rows + skip, holes, levels[rows], present[rows]))
+        holey[rows + skip] = True
     if stop < 0:
       break
     contours, hierarchy = contours_at(stop + skip)  # exact count here; its boxes come from these contours
     top, top_count, top_above = stop, component_count(hierarchy, len(contours)), int(above[stop])
+    holes, lowest = (_holes_at(q, int(levels[stop]), tight[stop + skip], contours, hierarchy) if len(contours) > top_count
+                     else ([], lowest[:0]))
   one = np.flatnonzero(free & (count == 1)) + skip
   several = np.flatnonzero(free & (count >= 2))
   groups, pos = [], 0
   while pos < len(several):
-    group = _split_levels(q, levels, tight[skip:], several[pos:], count, lambda j: contours_at(j + skip), single)
+    group = _split_levels(q, levels, tight[skip:], several[pos:], count, peaks, single)
     if group is None:  # cannot happen; stay exact by leaving the level to the contour finder
       pos += 1
       continue
     groups.append((group[0] + skip, *group[1:]))
     pos += len(group[0])
-  return one, groups
+  return one, groups, hole_groups, holey
+
+
+def _holes_at(q: np.ndarray, level: int, box: np.ndarray, contours: tuple, hierarchy: np.ndarray) -> tuple[list, np.ndarray]:
+  """Holes of ``q > level`` as inverted parts (255 - q on the hole, 0 elsewhere: "q <= L" is
+  "part > 254 - L") and their lowest values. An unapproximated hole border starts on the
+  foreground pixel just left of its hole, so each hole is filled from there; labelling the
+  background (4-connected, off the foreground box's edge) is the fallback."""
+  x0, y0, x1, y1 = box.tolist()
+  crop = q[y0:y1 + 1, x0:x1 + 1]
+  background = cv2.threshold(crop, level, 255, cv2.THRESH_BINARY_INV)[1]
+  inverted = cv2.bitwise_not(crop)
+  seeds = [(int(c[0, 0, 0]) - x0 + 1, int(c[0, 0, 1]) - y0) for c, d in zip(contours, contour_depths(hierarchy, len(contours)))
+           if d % 2]
+  parts = _fill_parts(inverted, background, seeds, 4, y0, x0)
+  if parts is None:
+    num, labels = cv2.connectedComponents(background, connectivity=4, ltype=cv2.CV_32S)
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    parts = [(cv2.bitwise_and(inverted, inverted, mask=(labels == i).view(np.uint8)), y0, x0)
+             for i in np.setdiff1d(np.arange(1, num), edge).tolist()]
+  return parts, np.array([255 - int(cv2.minMaxLoc(part)[1]) for part, _, _ in parts], np.int64)
 
 
 def _split_levels(q: np.ndarray, work: np.ndarray, tight: np.ndarray, several: np.ndarray, count: np.ndarray,
-                  contours_at: Callable[[int], tuple], single: bool) -> tuple | None:
-  """The leading levels of ``several`` (hole-free, C >= 2) that the components of the first one ("base") settle.
+                  maxima: tuple[np.ndarray, np.ndarray, np.ndarray], single: bool) -> tuple | None:
+  """The leading levels of ``several`` (C >= 2) that the components of the first one ("base") settle.
 
-  At a level L >= base, if the number of base components reaching above L equals C(L), each
-  holds exactly one component of ``q > L``, and its box is the bounding box of the base
-  component's part above L. With ``single``, the largest border is picked by contour area,
-  which for a component without holes is (2x2 cells with 4 of its pixels) + 0.5 (cells with
-  3); ties are left unproven (OpenCV's order would decide them).
+  Every component of the base holds a regional maximum above it, so flood fills from those
+  maxima give the components (one fill each). At a level L >= base, if the number of base
+  components reaching above L equals C(L), each holds exactly one component of ``q > L``, and
+  its box is the bounding box of the base component's part above L. With ``single``, the
+  largest border is picked by contour area, which for a component without holes is (2x2
+  cells with 4 of its pixels) + 0.5 (cells with 3); ties are left unproven (OpenCV's order
+  would decide them).
   """
   base = int(several[0])
   level = int(work[base])
-  # When the components' bounding boxes are disjoint, each box holds only its own component's
-  # pixels above the level, so no labelling is needed.
-  rects = [cv2.boundingRect(k) for k in contours_at(base)[0]]
-  if len(rects) == count[base] and _disjoint(rects):
-    parts = [(q[y:y + h, x:x + w], y, x) for x, y, w, h in rects]
-  else:  # each component alone: the crop with everything else set to 0 (below every level)
-    x0, y0, x1, y1 = tight[base].tolist()
-    crop = q[y0:y1 + 1, x0:x1 + 1]
-    num, labels = cv2.connectedComponents((crop > level).view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
-    if num - 1 != count[base]:
-      return None
-    parts = [(cv2.bitwise_and(crop, crop, mask=cv2.compare(labels, i, cv2.CMP_EQ)), y0, x0) for i in range(1, num)]
+  x0, y0, x1, y1 = tight[base].tolist()
+  crop = q[y0:y1 + 1, x0:x1 + 1]
+  values, rows, cols = maxima
+  high = values > level
+  parts = _fill_parts(crop, _above(crop, level), list(zip((cols[high] - x0).tolist(),
+                                                                            (rows[high] - y0).tolist())), 8, y0, x0,
+                      int(count[base]))
+  if parts is None or len(parts) != count[base]:
+    return None
   peaks = np.array([cv2.minMaxLoc(image)[1] for image, _, _ in parts])
   levels = work[several]
   present = peaks[None, :] > levels[:, None]
@@ -419,15 +516,6 @@ def _split_levels(q: np.ndarray, work: np.ndarray, tight: np.ndarray, several: n
     unique = (area == area.max(axis=1, keepdims=True)).sum(axis=1) == 1
     choice[unique] = area[unique].argmax(axis=1)
   return take, parts, levels, present, choice
-
-
-def _disjoint(rects: list) -> bool:
-  """Whether no two (x, y, w, h) rectangles share a pixel."""
-  for i, (x, y, w, h) in enumerate(rects):
-    for u, v, r, t in rects[i + 1:]:
-      if x < u + r and u < x + w and y < v + t and v < y + h:
-        return False
-  return True
 
 
 def _component_areas(image: np.ndarray, levels: np.ndarray) -> np.ndarray:
