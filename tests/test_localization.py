@@ -13,7 +13,7 @@ import pytest
 from camjax import localization as loc
 import cv2
 from camjax.localization.boxes import cam_levels, quantize, wsol_boxes_at_level
-from camjax.localization.sweep import (_component_areas, component_count, euler_numbers, regional_maxima,
+from camjax.localization.sweep import (_component_areas, _proven_levels, component_count, euler_numbers, regional_maxima,
                                      wsol_level_best_iou)
 
 
@@ -180,6 +180,52 @@ def test_level_sweep_equals_per_threshold_sweep(multi, thresholds):
       np.testing.assert_array_equal(fast, ref)
     both = wsol_level_best_iou(m, gt, thresholds, (True, False))
     np.testing.assert_array_equal(both[0 if multi else 1], ref)
+
+
+def _smooth_fields(rng, n, size, grid):
+  """Bilinear upsampled noise, like a CAM from a coarse feature map: merges, holes, plateaus."""
+  return [(lambda m: (m - m.min()) / (m.max() - m.min()))(
+      cv2.resize(rng.normal(size=(grid, grid)), (size, size), interpolation=cv2.INTER_LINEAR)) for _ in range(n)]
+
+
+@pytest.mark.parametrize("multi", [True, False])
+def test_level_sweep_on_cam_like_maps_settles_holes_exactly(multi):
+  rng = np.random.default_rng(5)
+  thresholds = np.arange(0, 1, 1 / 512)
+  holey = 0
+  for m in _smooth_fields(rng, 6, 64, 5):
+    q = quantize(m)
+    gt = np.array([[5, 9, 40, 50], [30, 2, 60, 20]])
+    levels = cam_levels(thresholds, int(q.max()))
+    ref = np.array([loc.iou(wsol_boxes_at_level(q, int(lv), multi_contour=multi), gt).max() for lv in levels])
+    np.testing.assert_array_equal(wsol_level_best_iou(m, gt, thresholds, (multi,))[0], ref)
+    work = np.unique(np.clip(levels, -1, int(q.max()) - 1))
+    tight = np.array([[0, 0, 63, 63]] * len(work))
+    for j, lv in enumerate(work):  # foreground boxes, as the sweep computes them
+      ys, xs = np.nonzero(q > lv)
+      tight[j] = (xs.min(), ys.min(), xs.max(), ys.max())
+    find = lambda j: cv2.findContours((q[tight[j, 1]:tight[j, 3] + 1, tight[j, 0]:tight[j, 2] + 1] > work[j]).view(np.uint8),
+                                      cv2.RETR_TREE, cv2.CHAIN_APPROX_NONE, offset=(int(tight[j, 0]), int(tight[j, 1])))
+    holey += _proven_levels(q, work, tight, find, single=not multi)[3].sum()
+  assert holey > 0  # levels with holes were proven (multi-contour mode boxes them without a contour call)
+
+
+def test_level_sweep_on_tiny_and_degenerate_maps():
+  maps = [np.array([[0.7]]), np.array([[0.0, 1.0, 0.2, 1.0, 0.0]]), np.array([[0.3], [0.9], [0.1]]),
+          np.pad(np.ones((1, 1)), 3), np.pad(np.eye(3), 2), np.full((4, 4), 0.5), np.zeros((3, 3))]
+  checker = np.indices((6, 6)).sum(axis=0) % 2 * 0.9
+  maps.append(checker)
+  ring = np.pad(np.ones((5, 5)), 1)
+  ring[3, 3] = 0.2
+  maps.append(ring)
+  for multi in (True, False):
+    for m in maps:
+      h, w = m.shape
+      gt = np.array([[0, 0, w - 1, h - 1], [0, 0, 0, 0]])
+      thresholds = np.arange(0, 1, 0.05)
+      levels = cam_levels(thresholds, int(quantize(m).max()))
+      ref = [loc.iou(wsol_boxes_at_level(quantize(m), int(lv), multi_contour=multi), gt).max() for lv in levels]
+      np.testing.assert_array_equal(wsol_level_best_iou(m, gt, thresholds, (multi,))[0], ref)
 
 
 def test_euler_numbers_and_regional_maxima_match_contours():
