@@ -206,29 +206,45 @@ class LevelTable:
     return _levels(*_distinct(next_present[np.searchsorted(next_present, lv, side="right")] - 1), max_level)
 
 
-def _extents(parts: list[tuple[np.ndarray, int, int]]) -> np.ndarray:
-  """(len(parts), 256, 4) inclusive boxes (x0, y0, x1, y1) of each part's pixels above each level L.
+class _Profiles(NamedTuple):
+  """Running maxima of parts' row and column profiles from all four sides, end to end."""
+  keys: np.ndarray  # side s's running maxima + 256 s: sorted, and each side's maximum starts afresh
+  sizes: np.ndarray  # (4 P,) side lengths: width, height, width, height per part
+  offsets: np.ndarray  # (P, 2) (column, row) offset of each part
 
-  A part is (uint8 image, row offset, column offset). From each side, the first row (column)
-  above L is the number of rows whose running maximum is at most L: a cumulative histogram
-  of the running maxima. All sides of all parts share one running maximum and one histogram:
-  side s is offset by 256 s, which stops each side's maximum at its start. A part with
-  nothing above L gets x0 > x1.
-  """
+
+def _profiles(parts: list[tuple[np.ndarray, int, int]]) -> _Profiles:
+  """Parts are (uint8 image, row offset, column offset)."""
   profiles = []
   for image, _, _ in parts:
     cols = image.max(axis=0)
     rows = cv2.reduce(image, 1, cv2.REDUCE_MAX).ravel()  # (NumPy across rows, OpenCV across columns: the fast ones)
     profiles += [cols, rows, cols[::-1], rows[::-1]]
   sizes = np.fromiter(map(len, profiles), np.intp, len(profiles))
-  keys = np.concatenate(profiles).astype(np.intp) + np.repeat(np.arange(len(profiles)) * 256, sizes)
-  running = np.cumsum(np.bincount(np.maximum.accumulate(keys), minlength=256 * len(profiles)))  # (one flat cumsum
-  below = (running.reshape(-1, 256) - np.append(0, running[255:-1:256])[:, None]).reshape(-1, 4, 256)  # is the fast one)
-  offsets = np.array([(ox, oy) for _, oy, ox in parts], np.intp).reshape(-1, 2, 1)
-  out = np.empty((len(parts), 4, 256), np.int64)
-  out[:, :2] = below[:, :2] + offsets
-  out[:, 2:] = sizes.reshape(-1, 4)[:, 2:, None] - 1 - below[:, 2:] + offsets
-  return out.transpose(0, 2, 1)
+  keys = np.maximum.accumulate(np.concatenate(profiles).astype(np.intp) + np.repeat(np.arange(len(profiles)) * 256, sizes))
+  return _Profiles(keys, sizes, np.array([(ox, oy) for _, oy, ox in parts], np.intp).reshape(-1, 2))
+
+
+def _extents(p: _Profiles, ids: np.ndarray | None = None, levels: np.ndarray | None = None) -> np.ndarray:
+  """Inclusive boxes (x0, y0, x1, y1) of parts' pixels above levels: for every part and level L
+  (P, 256, 4), or for the pairs (ids[r], levels[r]) (R, 4).
+
+  From each side, the first row (column) above L is the number of rows whose running maximum
+  is at most L: a cumulative histogram of the keys (every level) or a binary search in them
+  (some pairs). A part with nothing above L gets x0 > x1.
+  """
+  if ids is None:
+    running = np.cumsum(np.bincount(p.keys, minlength=256 * len(p.sizes)))  # (one flat cumsum is the fast one)
+    below = (running.reshape(-1, 256) - np.append(0, running[255:-1:256])[:, None]).reshape(-1, 4, 256).transpose(0, 2, 1)
+    sizes, offsets = p.sizes.reshape(-1, 1, 4), p.offsets[:, None, :]
+  else:
+    side = ids[:, None] * 4 + np.arange(4)
+    below = np.searchsorted(p.keys, side * 256 + levels[:, None], side="right") - (np.cumsum(p.sizes) - p.sizes)[side]
+    sizes, offsets = p.sizes[side], p.offsets[ids]
+  out = np.empty(below.shape, np.int64)
+  out[..., :2] = below[..., :2] + offsets
+  out[..., 2:] = sizes[..., 2:] - 1 - below[..., 2:] + offsets
+  return out
 
 
 def _iou_one(a, b) -> float:
@@ -278,10 +294,15 @@ class _Boxes:
 
   def best(self, slots: int, slot_map: np.ndarray, gt: np.ndarray, height: int, width: int) -> np.ndarray:
     """(modes, slots): best IoU per level slot (-1 where a slot owns no box)."""
-    extents = _extents(self.parts) if self.parts else None
+    profiles = _profiles(self.parts) if self.parts else None
     out = np.full((len(self.direct), slots), -1.0)
     for m, (direct, deferred) in enumerate(zip(self.direct, self.deferred)):
-      boxes = [b for b, _ in direct] + [extents[p, lv] + grow * _GROW for _, p, lv, grow in deferred]
+      boxes = [b for b, _ in direct]
+      if deferred:
+        ids = np.concatenate([p for _, p, _, _ in deferred])
+        found = _extents(profiles, ids, np.concatenate([lv for _, _, lv, _ in deferred]))
+        found += np.repeat([grow for *_, grow in deferred], [len(p) for _, p, _, _ in deferred])[:, None] * _GROW
+        boxes.append(found)
       if not boxes:
         continue
       owners = np.concatenate([o for _, o in direct] + [o for o, _, _, _ in deferred])
@@ -307,7 +328,7 @@ def best_iou_batch(q: np.ndarray, gt_boxes: list[np.ndarray], table: LevelTable,
   if n == 0:
     return np.zeros((0, len(modes), len(table)))
   maxes = cv2.reduce(q.reshape(n, -1), 1, cv2.REDUCE_MAX).ravel().tolist()
-  tight_all = _extents([(q[i], 0, 0) for i in range(n)])  # foreground boxes (crops) of every map and level
+  tight_all = _extents(_profiles([(q[i], 0, 0) for i in range(n)]))  # foreground boxes (crops) of every map and level
   full = (0, 0, width - 1, height - 1)
   collected = _Boxes(len(modes))
   levels, bases, base = [], [], 0
