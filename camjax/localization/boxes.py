@@ -35,15 +35,6 @@ def iou(boxes_a: Any, boxes_b: Any) -> np.ndarray:
   return np.where(ok, inter / np.where(ok, union, 1), 0.0)
 
 
-def _iou_one(a, b) -> float:
-  """IoU of two boxes given as Python sequences (same convention as ``iou``)."""
-  iw = max(0, min(a[2], b[2]) - max(a[0], b[0]) + 1)
-  ih = max(0, min(a[3], b[3]) - max(a[1], b[1]) + 1)
-  inter = iw * ih
-  union = (a[2] - a[0] + 1) * (a[3] - a[1] + 1) + (b[2] - b[0] + 1) * (b[3] - b[1] + 1) - inter
-  return inter / union if union > 0 else 0.0
-
-
 def quantize(scoremap: np.ndarray) -> np.ndarray:
   """``floor(255 * S)`` as uint8, for one map or a stack (exact: the product is formed in float64).
 

@@ -247,15 +247,6 @@ def _extents(p: _Profiles, ids: np.ndarray | None = None, levels: np.ndarray | N
   return out
 
 
-def _iou_one(a, b) -> float:
-  """IoU of two boxes given as Python sequences (the convention of ``boxes.iou``)."""
-  iw = max(0, min(a[2], b[2]) - max(a[0], b[0]) + 1)
-  ih = max(0, min(a[3], b[3]) - max(a[1], b[1]) + 1)
-  inter = iw * ih
-  union = (a[2] - a[0] + 1) * (a[3] - a[1] + 1) + (b[2] - b[0] + 1) * (b[3] - b[1] + 1) - inter
-  return inter / union if union > 0 else 0.0
-
-
 def _best_iou(boxes: np.ndarray, gt: np.ndarray) -> np.ndarray:
   """Best IoU of each box (B, 4) against its own ground-truth boxes (B, M, 4); inclusive, 0 for no union."""
   b = boxes[:, None, :]
@@ -345,7 +336,7 @@ def best_iou_batch(q: np.ndarray, gt_boxes: list[np.ndarray], table: LevelTable,
   mmax = max(len(g) for g in gt_boxes)
   gt = np.stack([np.concatenate([g, np.repeat(g[:1], mmax - len(g), axis=0)]) for g in gt_boxes])  # padded with a repeat
   best = collected.best(base, slot_map, gt, height, width)
-  empty = np.array([max(_iou_one((0, 0, 0, 0), b) for b in g.tolist()) for g in gt_boxes])
+  empty = _best_iou(np.zeros((n, 4), np.int64), gt)  # each map's (0, 0, 0, 0) box
   best = np.where(best < 0, empty[slot_map], best)  # slots of empty levels: the (0, 0, 0, 0) box
   index = np.stack([lv.inverse for lv in levels]) + np.array(bases)[:, None]
   return best[:, index].transpose(1, 0, 2)
