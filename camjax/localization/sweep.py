@@ -372,19 +372,16 @@ def _sweep_map(q: np.ndarray, work: np.ndarray, tight: np.ndarray, slots: np.nda
     firsts.append(len(out.parts))
     out.parts += group[1]
   for m, multi in enumerate(modes):
-    # Single-contour mode settles hole-free levels only (its areas assume no hole).
     done = np.zeros(len(work), bool)
-    settled = (lambda idx: idx) if multi or holey is None else (lambda idx: idx[~holey[idx]])
-    if len(one):
-      idx = settled(one)
-      out.direct[m].append((tight[idx], slots[idx]))
-      done[idx] = True
+    if len(one):  # single-contour mode too: a hole's border lies inside the outer one, so encloses less
+      out.direct[m].append((tight[one], slots[one]))
+      done[one] = True
     for (take, _, levels, present, choice), first in zip(several, firsts):
       if multi:
         r, c = np.nonzero(present)
         out.deferred[m].append((slots[take[r]], first + c, levels[r], 0))
         done[take] = True
-      else:
+      else:  # the areas compared assume no hole
         ok = np.flatnonzero((choice >= 0) & ~holey[take])
         out.deferred[m].append((slots[take[ok]], first + choice[ok], levels[ok], 0))
         done[take[ok]] = True
@@ -462,7 +459,7 @@ def _proven_levels(q: np.ndarray, work: np.ndarray, tight: np.ndarray, contours_
   several = np.flatnonzero(free & (count >= 2))
   groups, pos = [], 0
   while pos < len(several):
-    group = _split_levels(q, levels, tight[skip:], several[pos:], count, peaks, single)
+    group = _split_levels(q, levels, tight[skip:], several[pos:], count, lambda j: contours_at(j + skip), peaks, single)
     if group is None:  # cannot happen; stay exact by leaving the level to the contour finder
       pos += 1
       continue
@@ -492,11 +489,13 @@ def _holes_at(q: np.ndarray, level: int, box: np.ndarray, contours: tuple, hiera
 
 
 def _split_levels(q: np.ndarray, work: np.ndarray, tight: np.ndarray, several: np.ndarray, count: np.ndarray,
-                  maxima: tuple[np.ndarray, np.ndarray, np.ndarray], single: bool) -> tuple | None:
+                  contours_at: Callable[[int], tuple], maxima: tuple[np.ndarray, np.ndarray, np.ndarray],
+                  single: bool) -> tuple | None:
   """The leading levels of ``several`` (C >= 2) that the components of the first one ("base") settle.
 
-  Every component of the base holds a regional maximum above it, so flood fills from those
-  maxima give the components (one fill each). At a level L >= base, if the number of base
+  The base's contours give the components' boxes; when those are disjoint, each box holds only
+  its own component's pixels above the base. Otherwise flood fills from the regional maxima
+  above the base give the components (each holds one). At a level L >= base, if the number of base
   components reaching above L equals C(L), each holds exactly one component of ``q > L``, and
   its box is the bounding box of the base component's part above L. With ``single``, the
   largest border is picked by contour area, which for a component without holes is (2x2
@@ -505,15 +504,19 @@ def _split_levels(q: np.ndarray, work: np.ndarray, tight: np.ndarray, several: n
   """
   base = int(several[0])
   level = int(work[base])
-  x0, y0, x1, y1 = tight[base].tolist()
-  crop = q[y0:y1 + 1, x0:x1 + 1]
-  values, rows, cols = maxima
-  high = values > level
-  parts = _fill_parts(crop, _above(crop, level), list(zip((cols[high] - x0).tolist(),
-                                                                            (rows[high] - y0).tolist())), 8, y0, x0,
-                      int(count[base]))
-  if parts is None or len(parts) != count[base]:
-    return None
+  contours, hierarchy = contours_at(base)
+  rects = [cv2.boundingRect(k) for k, d in zip(contours, contour_depths(hierarchy, len(contours))) if d % 2 == 0]
+  if len(rects) == count[base] and _disjoint(rects):  # each box holds only its own component above the level
+    parts = [(q[y:y + h, x:x + w], y, x) for x, y, w, h in rects]
+  else:
+    x0, y0, x1, y1 = tight[base].tolist()
+    crop = q[y0:y1 + 1, x0:x1 + 1]
+    values, rows, cols = maxima
+    high = np.flatnonzero(values > level)[::-1]  # lowest peak first: the highest one's (largest) region is left over
+    seeds = list(zip((cols[high] - x0).tolist(), (rows[high] - y0).tolist()))
+    parts = _fill_parts(crop, _above(crop, level), seeds, 8, y0, x0, int(count[base]))
+    if parts is None or len(parts) != count[base]:
+      return None
   peaks = np.array([cv2.minMaxLoc(image)[1] for image, _, _ in parts])
   levels = work[several]
   present = peaks[None, :] > levels[:, None]
@@ -528,6 +531,15 @@ def _split_levels(q: np.ndarray, work: np.ndarray, tight: np.ndarray, several: n
     unique = (area == area.max(axis=1, keepdims=True)).sum(axis=1) == 1
     choice[unique] = area[unique].argmax(axis=1)
   return take, parts, levels, present, choice
+
+
+def _disjoint(rects: list) -> bool:
+  """Whether no two (x, y, w, h) rectangles share a pixel."""
+  for i, (x, y, w, h) in enumerate(rects):
+    for u, v, r, t in rects[i + 1:]:
+      if x < u + r and u < x + w and y < v + t and v < y + h:
+        return False
+  return True
 
 
 def _component_areas(image: np.ndarray, levels: np.ndarray) -> np.ndarray:
