@@ -438,9 +438,12 @@ def _proven_levels(q: np.ndarray, work: np.ndarray, tight: np.ndarray, contours_
   top, top_count, top_above = n - skip, 0, 0
   holes, lowest = [], np.zeros(0, np.int64)  # the last extracted level's holes and their lowest values
   while top > 0:
-    present = lowest[None, :] <= levels[:top, None]
-    bound = top_count + above[:top] - top_above
-    fails = np.flatnonzero(euler[:top] + present.sum(axis=1) != bound)
+    bound = top_count + above[:top] - top_above  # on C
+    expected = bound  # E where the bound is exact and the holes are the counted ones
+    if len(holes):
+      present = lowest[None, :] <= levels[:top, None]
+      expected = bound - present.sum(axis=1)
+    fails = np.flatnonzero(euler[:top] != expected)
     stop = int(fails[-1]) if len(fails) else -1
     count[stop + 1:top] = bound[stop + 1:]
     free[stop + 1:top] = True
@@ -459,7 +462,7 @@ def _proven_levels(q: np.ndarray, work: np.ndarray, tight: np.ndarray, contours_
   several = np.flatnonzero(free & (count >= 2))
   groups, pos = [], 0
   while pos < len(several):
-    group = _split_levels(q, levels, tight[skip:], several[pos:], count, lambda j: contours_at(j + skip), peaks, single)
+    group = _split_levels(q, levels, tight[skip:], several[pos:], count, peaks, single)
     if group is None:  # cannot happen; stay exact by leaving the level to the contour finder
       pos += 1
       continue
@@ -489,11 +492,10 @@ def _holes_at(q: np.ndarray, level: int, box: np.ndarray, contours: tuple, hiera
 
 
 def _split_levels(q: np.ndarray, work: np.ndarray, tight: np.ndarray, several: np.ndarray, count: np.ndarray,
-                  contours_at: Callable[[int], tuple], maxima: tuple[np.ndarray, np.ndarray, np.ndarray],
-                  single: bool) -> tuple | None:
+                  maxima: tuple[np.ndarray, np.ndarray, np.ndarray], single: bool) -> tuple | None:
   """The leading levels of ``several`` (C >= 2) that the components of the first one ("base") settle.
 
-  The base's contours give the components' boxes; when those are disjoint, each box holds only
+  The base's outer contours give the components' boxes; when those are disjoint, each box holds only
   its own component's pixels above the base. Otherwise flood fills from the regional maxima
   above the base give the components (each holds one). At a level L >= base, if the number of base
   components reaching above L equals C(L), each holds exactly one component of ``q > L``, and
@@ -504,17 +506,19 @@ def _split_levels(q: np.ndarray, work: np.ndarray, tight: np.ndarray, several: n
   """
   base = int(several[0])
   level = int(work[base])
-  contours, hierarchy = contours_at(base)
-  rects = [cv2.boundingRect(k) for k, d in zip(contours, contour_depths(hierarchy, len(contours))) if d % 2 == 0]
+  x0, y0, x1, y1 = tight[base].tolist()
+  crop = q[y0:y1 + 1, x0:x1 + 1]
+  inside = _above(crop, level)
+  # Outermost borders only (a component inside another's hole is missed: then the count differs).
+  outer = cv2.findContours(inside, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(x0, y0))[0]
+  rects = [cv2.boundingRect(k) for k in outer]
   if len(rects) == count[base] and _disjoint(rects):  # each box holds only its own component above the level
     parts = [(q[y:y + h, x:x + w], y, x) for x, y, w, h in rects]
   else:
-    x0, y0, x1, y1 = tight[base].tolist()
-    crop = q[y0:y1 + 1, x0:x1 + 1]
     values, rows, cols = maxima
     high = np.flatnonzero(values > level)[::-1]  # lowest peak first: the highest one's (largest) region is left over
     seeds = list(zip((cols[high] - x0).tolist(), (rows[high] - y0).tolist()))
-    parts = _fill_parts(crop, _above(crop, level), seeds, 8, y0, x0, int(count[base]))
+    parts = _fill_parts(crop, inside, seeds, 8, y0, x0, int(count[base]))
     if parts is None or len(parts) != count[base]:
       return None
   peaks = np.array([cv2.minMaxLoc(image)[1] for image, _, _ in parts])
