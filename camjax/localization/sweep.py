@@ -2,13 +2,15 @@
 
 A map has at most 256 distinct binarizations (its uint8 levels), so every CAM threshold is
 mapped to its integer level and the work is per distinct level. Most levels need no contour
-call at all (``_proven_levels``): their component count follows from the Euler number (all
-levels from three histograms) bounded by the births of regional maxima, and where there is
-no hole the borders are the components' outer borders, whose boxes are bounding boxes read
-for every level at once from running maxima of row and column profiles (``_extents``). The
-other levels call the contour finder once, on the crop holding the foreground (it pads with
-background, so cropping changes nothing). The results equal the per-threshold definition
-(``boxes.wsol_boxes_at_level``) exactly; the tests and the benchmark check it.
+call at all (``_proven_levels``): the Euler number (every level from three histograms) gives
+components minus holes, the births of regional maxima bound the components, and the holes of
+the last extracted level bound the holes; where the bounds meet, both counts are exact. The
+borders' boxes are then bounding boxes of components (pixels above the level) and of holes
+(pixels at or below it, grown by one), read for every level from running maxima of row and
+column profiles (``_extents``). The other levels call the contour finder once, on the crop
+holding the foreground (it pads with background, so cropping changes nothing). The results
+equal the per-threshold definition (``boxes.wsol_boxes_at_level``) exactly; the tests and
+the benchmark check it.
 """
 
 from __future__ import annotations
@@ -54,11 +56,10 @@ def euler_numbers(q: np.ndarray) -> np.ndarray:
   With a cell's sorted values s1 <= s2 <= s3 <= s4, it has one pixel above L for
   s3 <= L < s4 and three for s1 <= L < s2, so n1 - n3 at every level comes from histograms:
   +s2 +s3 -s1 -s4. Every pixel lies in 4 cells, so hist(s1) + hist(s4) = 4 hist(q) + padding
-  - hist(s2) - hist(s3), and {s2, s3} are the two middle values of the cell: three histograms
-  in all: s2 and s3 are max(lo(a, b), lo(c, d)) and min(hi(a, b), hi(c, d)), in some order, with
-  a b / c d the cell. A cell has a diagonal pair (nD) for s2 <= L < s3 when its two largest
-  values sit on a diagonal: the two row maxima, one in each column. (L = -1 is not covered:
-  the padding is 0.)
+  - hist(s2) - hist(s3): three histograms in all. For the cell a b / c d, s2 and s3 are
+  max(lo(a, b), lo(c, d)) and min(hi(a, b), hi(c, d)), in some order. A cell has a diagonal
+  pair (nD) for s2 <= L < s3 when its two largest values sit on a diagonal: the two row
+  maxima, one in each column. (L = -1 is not covered: the padding is 0.)
   """
   height, width = q.shape
   p = cv2.copyMakeBorder(q, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
