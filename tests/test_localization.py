@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from camjax import localization as loc
+from camjax.localization import sweep
 import cv2
 from camjax.localization.boxes import cam_levels, quantize, wsol_boxes_at_level
 from camjax.localization.sweep import (_component_areas, _proven_levels, component_count, euler_numbers, regional_maxima,
@@ -208,6 +209,20 @@ def test_level_sweep_on_cam_like_maps_settles_holes_exactly(multi):
                                       cv2.RETR_TREE, cv2.CHAIN_APPROX_NONE, offset=(int(tight[j, 0]), int(tight[j, 1])))
     holey += _proven_levels(q, work, tight, find, single=not multi)[3].sum()
   assert holey > 0  # levels with holes were proven (multi-contour mode boxes them without a contour call)
+
+
+def test_hole_and_component_fallbacks_give_the_same_results(monkeypatch):
+  # Holes labelled instead of filled, and components filled instead of cut out of their boxes.
+  rng = np.random.default_rng(6)
+  maps = _smooth_fields(rng, 4, 48, 5)
+  thresholds = np.arange(0, 1, 1 / 300)
+  gt = np.array([[4, 4, 30, 40]])
+  expected = [wsol_level_best_iou(m, gt, thresholds, (True, False)) for m in maps]
+  fill = sweep._fill_parts
+  monkeypatch.setattr(sweep, "_fill_parts", lambda *a, **k: None if a[3] == 4 else fill(*a, **k))
+  monkeypatch.setattr(sweep, "_disjoint", lambda rects: False)
+  for m, e in zip(maps, expected):
+    np.testing.assert_array_equal(wsol_level_best_iou(m, gt, thresholds, (True, False)), e)
 
 
 def test_level_sweep_on_tiny_and_degenerate_maps():
