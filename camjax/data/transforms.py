@@ -237,11 +237,15 @@ def resize_center_crop(ex: Example, size: int, resize_size: int | None = None) -
   Done as one resampling of the matching input region, which samples exactly
   the pixels that resize-then-crop would.
   """
+  if resize_size is not None and resize_size < size:
+    raise ValueError(f"resize_size ({resize_size}) must be >= size ({size})")
+  return crop_resize(ex, center_crop_region(*ex.image.shape[:2], size, resize_size), (size, size))
+
+
+def center_crop_region(height: int, width: int, size: int, resize_size: int | None = None) -> tuple[float, ...]:
+  """(left, top, right, bottom) of a (height, width) image that ``resize_center_crop`` shows."""
   if resize_size is None:
     resize_size = int(round(size * 256 / 224))
-  if resize_size < size:
-    raise ValueError(f"resize_size ({resize_size}) must be >= size ({size})")
-  height, width = ex.image.shape[:2]
   if height <= width:
     new_h, new_w = resize_size, int(resize_size * width / height)
   else:
@@ -249,8 +253,7 @@ def resize_center_crop(ex: Example, size: int, resize_size: int | None = None) -
   top = int(round((new_h - size) / 2))
   left = int(round((new_w - size) / 2))
   sy, sx = new_h / height, new_w / width
-  region = (left / sx, top / sy, (left + size) / sx, (top + size) / sy)
-  return crop_resize(ex, region, (size, size))
+  return left / sx, top / sy, (left + size) / sx, (top + size) / sy
 
 
 def wsol_scale_boxes(boxes: np.ndarray, height: int, width: int, size: int) -> np.ndarray:

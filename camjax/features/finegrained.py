@@ -83,20 +83,14 @@ def best_iou(box: np.ndarray, gt_boxes: np.ndarray) -> float:
 def eval_region(height: int, width: int, mode: str, size: int, resize_size: int | None = None) -> tuple[float, ...]:
   """(left, top, right, bottom) of the original image that the evaluation image shows.
 
-  Mirrors camjax.data.transforms.resize / resize_center_crop.
+  The same regions as camjax.data.transforms.resize / resize_center_crop.
   """
   if mode == "resize":
     return 0.0, 0.0, float(width), float(height)
   if mode == "resize_crop":
-    resize_size = int(round(size * 256 / 224)) if resize_size is None else resize_size
-    if height <= width:
-      new_h, new_w = resize_size, int(resize_size * width / height)
-    else:
-      new_h, new_w = int(resize_size * height / width), resize_size
-    top = int(round((new_h - size) / 2))
-    left = int(round((new_w - size) / 2))
-    sy, sx = new_h / height, new_w / width
-    return left / sx, top / sy, (left + size) / sx, (top + size) / sy
+    from camjax.data.transforms import center_crop_region
+
+    return center_crop_region(height, width, size, resize_size)
   raise ValueError(f"eval mode must be 'resize' or 'resize_crop', got {mode!r}")
 
 
