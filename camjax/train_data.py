@@ -147,7 +147,7 @@ def eval_batches(config: Any, *, process_index: int, process_count: int) -> Iter
 
   source = _source(config, config.data.eval_split)
   if config.eval.max_examples:
-    source = _Head(source, config.eval.max_examples)
+    source = pipeline.HeadSource(source, config.eval.max_examples)
   return pipeline.eval_batches(
       source, global_batch_size=config.eval.batch_size, image_size=config.data.image_size,
       mode=config.data.eval_mode, process_index=process_index, process_count=process_count,
@@ -178,21 +178,6 @@ def mean_box_fraction(config: Any, *, max_records: int = 2000) -> tuple[float, f
                      "set --config.eval.baseline=False")
   width, height = np.mean(sides, axis=0)
   return float(width), float(height)
-
-
-class _Head:
-  """The first ``n`` records of a random-access source."""
-
-  def __init__(self, source: Any, n: int):
-    self._source, self._n = source, min(n, len(source))
-
-  def __len__(self) -> int:
-    return self._n
-
-  def __getitem__(self, i: int) -> Any:
-    if not 0 <= i < self._n:
-      raise IndexError(i)
-    return self._source[i]
 
 
 def steps_for(config: Any) -> int:

@@ -143,6 +143,23 @@ def _record_id(record: Any, index: int) -> str:
   return str(rid)
 
 
+class HeadSource:
+  """The first ``n`` records of a random-access source (0 = all)."""
+
+  def __init__(self, source: Any, n: int = 0):
+    self._source = source
+    self._n = len(source) if n <= 0 else min(int(n), len(source))
+    self.dataset_info = getattr(source, "dataset_info", None)
+
+  def __len__(self) -> int:
+    return self._n
+
+  def __getitem__(self, index: int) -> Any:
+    if not 0 <= index < self._n:
+      raise IndexError(index)
+    return self._source[index]
+
+
 def _source_has_mask(source) -> bool:
   """Whether records carry "mask": from TFDS features if known, else the first readable record."""
   info = getattr(source, "dataset_info", None)

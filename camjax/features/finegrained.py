@@ -94,23 +94,6 @@ def eval_region(height: int, width: int, mode: str, size: int, resize_size: int 
   raise ValueError(f"eval mode must be 'resize' or 'resize_crop', got {mode!r}")
 
 
-class HeadSource:
-  """The first ``n`` records of a random-access source (0 = all)."""
-
-  def __init__(self, source: Any, n: int = 0):
-    self._source = source
-    self._n = len(source) if n <= 0 else min(int(n), len(source))
-    self.dataset_info = getattr(source, "dataset_info", None)
-
-  def __len__(self) -> int:
-    return self._n
-
-  def __getitem__(self, index: int) -> Any:
-    if not 0 <= index < self._n:
-      raise IndexError(index)
-    return self._source[index]
-
-
 class CroppedSource:
   """Records of ``source`` with the image cut to a region and resampled to ``size`` x ``size``.
 
@@ -368,6 +351,8 @@ def _data_source(config: Any, split: str) -> tuple[Any, int]:
     raise ValueError(f"data set {config.data.name} has no split {split!r}; set features.*_split to one of: "
                      f"{', '.join(builder.info.splits)}")
   num_classes = int(builder.info.features["label"].num_classes)
+  from camjax.data.pipeline import HeadSource
+
   return HeadSource(builder.as_data_source(split), int(config.features.max_examples)), num_classes
 
 
