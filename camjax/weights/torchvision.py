@@ -73,30 +73,29 @@ def _head_fits(model: nnx.Module, state_dict: Mapping[str, np.ndarray], key: str
           and tuple(w.shape) == tuple(layer.kernel.get_value().shape[::-1]))
 
 
+def _plain_key_map(model: nnx.Module, torch_names: Mapping[str, str], full_class: str, head: bool) -> dict[str, assign.Target]:
+  """A plain conv stack (``features``) and, for the original network ``full_class``, its fc layers."""
+  m = {}
+  for ours, theirs in torch_names.items():
+    if ours.startswith("conv"):
+      m.update(assign.conv_layer(theirs, "features", ours))
+  if type(model).__name__ == full_class:
+    m.update(_fc_map(torch_names, head))
+  return m
+
+
 def vgg16_key_map(model: nnx.Module, *, head: bool = False) -> dict[str, assign.Target]:
   """torchvision ``vgg16`` keys -> ``vgg16_gap`` / ``vgg16`` variables."""
   from camjax.models import vgg
 
-  m = {}
-  for ours, theirs in vgg.TORCH_NAMES.items():
-    if ours.startswith("conv"):
-      m.update(assign.conv_layer(theirs, "features", ours))
-  if type(model).__name__ == "VGG16":
-    m.update(_fc_map(vgg.TORCH_NAMES, head))
-  return m
+  return _plain_key_map(model, vgg.TORCH_NAMES, "VGG16", head)
 
 
 def alexnet_key_map(model: nnx.Module, *, head: bool = False) -> dict[str, assign.Target]:
   """torchvision ``alexnet`` keys -> ``alexnet_gap`` / ``alexnet_star_gap`` / ``alexnet`` variables."""
   from camjax.models import alexnet
 
-  m = {}
-  for ours, theirs in alexnet.TORCH_NAMES.items():
-    if ours.startswith("conv"):
-      m.update(assign.conv_layer(theirs, "features", ours))
-  if type(model).__name__ == "AlexNet":
-    m.update(_fc_map(alexnet.TORCH_NAMES, head))
-  return m
+  return _plain_key_map(model, alexnet.TORCH_NAMES, "AlexNet", head)
 
 
 def _basic_conv(prefix: str, *path) -> dict[str, assign.Target]:
