@@ -2,11 +2,8 @@
 
   python -m camjax.main --config=configs/alexnet_star_gap.py --workdir=runs/alexnet_star_gap
 
-Fine-tuning on ILSVRC 2012 (CLS-LOC) as in Zhou et al. 2016: SGD with momentum
-0.9, weight decay 5e-4 on kernels, a step schedule, the layers added for CAM
-(3x3 conv + classifier) at 10x the base learning rate. Start from ImageNet
-weights with --config.pretrained.path=<torchvision .pth file or camjax workdir>.
-ILSVRC must be downloaded by hand: --config.data.manual_dir=<dir with the tars>.
+Fine-tuning as in Zhou et al. 2016; the shared settings, the pretrained weights and
+the ILSVRC download: configs/ilsvrc_base.py.
 """
 
 from configs import ilsvrc_base
