@@ -31,11 +31,11 @@ def _modes(multi_contour: bool | str) -> tuple[bool, ...]:
   raise ValueError(f"multi_contour must be True, False or 'both'; got {multi_contour!r}")
 
 
-def _count_chunk(maps: np.ndarray, boxes: Sequence[np.ndarray], cam_thresholds: np.ndarray,
+def _count_chunk(maps: np.ndarray, boxes: Sequence[np.ndarray], table: LevelTable,
                  iou_fractions: np.ndarray, modes: tuple[bool, ...], top1: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
   """Correct counts (modes, IoU thresholds, CAM thresholds), and the same for top-1-correct images."""
   q = maps if maps.dtype == np.uint8 else quantize(maps)
-  best = best_iou_batch(q, list(boxes), LevelTable(cam_thresholds), modes)  # (N, modes, T)
+  best = best_iou_batch(q, list(boxes), table, modes)  # (N, modes, T)
   hit = best[:, :, None, :] >= iou_fractions[None, None, :, None]
   correct = hit.sum(axis=0, dtype=np.int64)
   correct_top1 = hit[top1].sum(axis=0, dtype=np.int64) if top1 is not None else np.zeros_like(correct)
@@ -78,6 +78,7 @@ class WsolAccumulator:
   def __init__(self, cam_thresholds: Any = DEFAULT_CAM_THRESHOLDS, iou_thresholds: Sequence[int] = DEFAULT_IOU_THRESHOLDS,
                multi_contour: bool | str = True, *, num_workers: int | None = 1, chunk_size: int = 32):
     self.cam_thresholds = _checks.as_thresholds(cam_thresholds, name="cam_thresholds")
+    self._levels = LevelTable(self.cam_thresholds)  # levels per map maximum, kept across batches
     self.iou_thresholds = tuple(int(t) if float(t).is_integer() else float(t) for t in iou_thresholds)
     if not self.iou_thresholds:
       raise ValueError("iou_thresholds must list at least one IoU threshold in percent, e.g. (30, 50, 70)")
@@ -113,7 +114,7 @@ class WsolAccumulator:
     parallel = self.num_workers > 1 and n > size
     if parallel:
       maps = quantize(maps)  # workers get the uint8 levels: 8x less to send
-    chunks = [(maps[s:s + size], boxes[s:s + size], self.cam_thresholds, self._iou_fractions, self._modes,
+    chunks = [(maps[s:s + size], boxes[s:s + size], self._levels, self._iou_fractions, self._modes,
                None if top1 is None else top1[s:s + size]) for s in range(0, n, size)]
     if parallel:
       if self._pool is None:
