@@ -20,6 +20,9 @@ from typing import Any
 from absl import app, flags
 from ml_collections import config_flags
 
+from camjax import app as camjax_app
+from camjax.errors import UserError
+
 MODES = ("train", "eval", "train_and_eval")
 DTYPES = ("float32", "bfloat16")
 EVAL_PROTOCOLS = ("paper", "wsol")
@@ -32,12 +35,13 @@ flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
 flags.DEFINE_bool("verbose_orbax", False, "Show orbax's INFO logs.")
+camjax_app.define_verbose_flag()
 
 # Set to 1 by launch/tpu_pod.sh: call jax.distributed.initialize() and let JAX find its peers.
 DISTRIBUTED_ENV = "CAMJAX_DISTRIBUTED"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
   """A config value that cannot work; the message says what to change."""
 
 
@@ -176,9 +180,10 @@ def run(config: Any, workdir: str, mode: str) -> dict:
 
 def main(argv: list[str]) -> int:
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if FLAGS.config is None or FLAGS.workdir is None:
-    raise app.UsageError("both --config and --workdir are required")
+    raise UserError(f"unexpected arguments: {' '.join(argv[1:])}; config overrides are --config.FIELD=VALUE")
+  config = camjax_app.config_value()
+  if config is None or FLAGS.workdir is None:
+    raise UserError("both --config and --workdir are required, e.g. --config=configs/quickstart.py --workdir=runs/q")
   _setup_logging(FLAGS.verbose_orbax)
   from camjax.train import NonFiniteLossError
 
@@ -188,26 +193,20 @@ def main(argv: list[str]) -> int:
 
     if dist is not None:
       jax.distributed.initialize(**dist)
-    mode = FLAGS.mode or FLAGS.config.get("mode", "train")
+    mode = FLAGS.mode or config.get("mode", "train")
     if mode not in MODES:
       raise ConfigError(f"mode={mode!r}; set --mode or --config.mode to one of {MODES}")
-    results = run(FLAGS.config, FLAGS.workdir, mode)
-  except ConfigError as e:
-    print(f"camjax: config error: {e}", file=sys.stderr)
-    return 2
-  except ValueError as e:
-    print(f"camjax: error: {e}", file=sys.stderr)
-    return 2
+    results = run(config, FLAGS.workdir, mode)
   except NonFiniteLossError as e:
     print(f"camjax: stopped: {e}", file=sys.stderr)
     return 3
-  if results and not FLAGS.config.report.enabled:
+  if results and not config.report.enabled:
     print(json.dumps(results, indent=2, default=str))  # with a report, its table was printed instead
   return 0
 
 
 def entry() -> None:
-  app.run(lambda argv: sys.exit(main(argv)))
+  camjax_app.run_absl(main)
 
 
 if __name__ == "__main__":
