@@ -1,8 +1,9 @@
 """What a person reads after a run: ``metrics.json``, CAM pictures and ``report.html``.
 
-Runs after evaluation on process 0. The headline numbers come from the
-evaluator's results (``eval_results.json``); the pictures come from one extra
-forward pass over the first few evaluation images:
+Runs after evaluation: every process gathers the model's weights (a collective),
+then process 0 alone writes. The headline numbers come from the evaluator's
+results (``eval_results.json``); the pictures come from one extra forward pass
+over the first few evaluation images:
 
 - ``cam_grid.png``: the top-1 class's CAM on each image, ground-truth boxes in
   green, the predicted box (paper protocol) in red;
@@ -22,7 +23,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from camjax import cam, localization, train_data, viz
+from camjax import cam, localization, sharding, train_data, viz
 
 log = logging.getLogger("camjax.report")
 
@@ -92,10 +93,14 @@ def _display(images: np.ndarray, config: Any) -> np.ndarray:
   return np.clip(np.round((images * std + mean) * 255.0), 0, 255).astype(np.uint8)
 
 
-def _local_model(model_state: Any) -> Any:
-  state = jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)) if isinstance(x, jax.Array) and not
-                                 jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x, model_state.state)
-  return model_state.model_def.merge(state["params"], state["batch_stats"], state["other"], train=False)
+def _host_weights(model_state: Any) -> tuple[dict, dict, dict]:
+  """Full numpy copies of the parameters, batch statistics and other state, on every process.
+
+  A collective (``sharding.to_host``): with ``mesh.model > 1`` a kernel's shards can
+  sit on other processes, so every process must call this, not just the one that draws.
+  """
+  state = model_state.state
+  return sharding.to_host((state["params"], state["batch_stats"], state["other"]))
 
 
 def write_pictures(model: Any, config: Any, workdir: str, names: list[str]) -> list[tuple[str, str]]:
@@ -141,14 +146,19 @@ def write_pictures(model: Any, config: Any, workdir: str, names: list[str]) -> l
 
 
 def write(model_state: Any, config: Any, workdir: str, results: dict) -> dict[str, Any]:
-  """Write ``metrics.json``, the pictures and ``report.html`` (process 0 only); returns the summary."""
+  """Write ``metrics.json``, the pictures and ``report.html``; returns the summary.
+
+  Every process must call it (the weights are gathered collectively); only process 0 writes.
+  """
   summary = metrics_summary(results)
+  weights = _host_weights(model_state)
   if jax.process_index() != 0:
     return summary
   with open(os.path.join(workdir, METRICS_FILE), "w") as f:
     json.dump(summary, f, indent=2, default=float)
   names = class_names(config)
-  figures = write_pictures(_local_model(model_state), config, workdir, names)
+  model = model_state.model_def.merge(*weights, train=False)
+  figures = write_pictures(model, config, workdir, names)
   table = {k: v for k, v in summary.items() if k not in ("details", "baseline")}
   for k, v in summary.get("baseline", {}).items():
     table[f"centre baseline: {k}"] = v
