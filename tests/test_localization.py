@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from camjax import localization as loc
+from camjax.errors import UserError
 from camjax.localization import sweep
 import cv2
 from camjax.localization.boxes import cam_levels, quantize, wsol_boxes_at_level
@@ -127,6 +128,69 @@ def test_pxap_known_precision_recall_curve():
   acc.add(m[:, :, :2], fg[:, :, :2], ignore[:, :, :2])
   acc.add(m[:, :, 2:], fg[:, :, 2:], ignore[:, :, 2:])
   assert acc.result()["PxAP"] == pytest.approx(100 * 53 / 90)
+
+
+def _reference_pxap(maps, fg, ignore, thresholds):
+  """PROTOCOL.md's PxAP spelt out loop by loop: pooled histograms, walked from the top bin."""
+  edges = np.append(np.asarray(thresholds, np.float64), [1.0, 2.0, 3.0])
+  fg_hist = np.zeros(len(edges) - 1)
+  bg_hist = np.zeros(len(edges) - 1)
+  for m, f, g in zip(maps, fg, ignore):
+    counted = ~(g & ~f)  # the ignore region minus the foreground counts nowhere
+    fg_hist += np.histogram(m[f], bins=edges)[0]
+    bg_hist += np.histogram(m[~f & counted], bins=edges)[0]
+  total_fg = fg_hist.sum()
+  ap, tp, fp, previous_recall = 0.0, 0.0, 0.0, 0.0
+  for i, k in enumerate(reversed(range(len(fg_hist)))):
+    tp += fg_hist[k]
+    fp += bg_hist[k]
+    recall = tp / total_fg
+    if i >= 1 and tp + fp > 0:
+      ap += tp / (tp + fp) * (recall - previous_recall)
+    previous_recall = recall
+  return 100.0 * ap
+
+
+def test_pxap_counts_the_background_of_an_image_without_foreground():
+  # Image 0 as in the test above; image 1 has no foreground: its six pixels 0.8, 0.6, 0.6, 0, 0, 0
+  # are background (none ignored). Pooled, bottom bin first: fg 1,0,1,1,0,0 and bg 3,1,2,2,0,0.
+  # Walking down: tp = 1,2,2,3 and fp = 2,4,5,8 at the non-empty steps; recall thirds:
+  # AP = 1/3*1/3 + 2/6*1/3 + 2/7*0 + 3/11*1/3 = 31/99.
+  m = np.array([[[0.9, 0.6, 0.1], [0.8, 0.3, 0.95]], [[0.8, 0.6, 0.6], [0.0, 0.0, 0.0]]])
+  fg = np.array([[[True, True, True], [False, False, False]], np.zeros((2, 3), bool)])
+  ignore = np.array([[[True, False, False], [False, False, True]], np.zeros((2, 3), bool)])
+  thresholds = [0.0, 0.25, 0.5, 0.75]
+  assert loc.pxap(m, fg, ignore, thresholds) == pytest.approx(100 * 31 / 99)
+  assert _reference_pxap(m, fg, ignore, thresholds) == pytest.approx(100 * 31 / 99)
+  acc = loc.PxapAccumulator(thresholds)  # the empty image alone in its batch, and first
+  acc.add(m[1:], fg[1:], ignore[1:])
+  acc.add(m[:1], fg[:1], ignore[:1])
+  assert acc.result() == {"PxAP": pytest.approx(100 * 31 / 99), "num_images": 2}
+  # Larger maps with an ignore region over the empty image too, against the loop-by-loop reference.
+  rng = np.random.default_rng(0)
+  maps = rng.random((4, 16, 16))
+  fg = np.zeros((4, 16, 16), bool)
+  fg[0, 3:9, 4:12] = True
+  fg[2, 8:, :5] = True
+  fg[3, 0, 0] = True
+  ignore = np.zeros((4, 16, 16), bool)
+  ignore[1, :6, :6] = True  # image 1: no foreground, part of its background ignored
+  ignore[2, 6:12, :8] = True
+  thresholds = np.arange(0, 1, 0.01)
+  expected = _reference_pxap(maps, fg, ignore, thresholds)
+  assert 0 < expected < 100
+  assert loc.pxap(maps, fg, ignore, thresholds) == pytest.approx(expected)
+  assert loc.pxap(maps[[0, 2, 3]], fg[[0, 2, 3]], ignore[[0, 2, 3]], thresholds) != pytest.approx(expected)
+
+
+def test_pxap_of_a_split_without_any_foreground_is_a_user_error():
+  acc = loc.PxapAccumulator([0.0, 0.5])
+  acc.add(np.zeros((2, 4, 4)), np.zeros((2, 4, 4), bool))
+  acc.add(np.ones((1, 4, 4)), np.zeros((1, 4, 4), bool), np.ones((1, 4, 4), bool))
+  with pytest.raises(UserError, match="none of the 3 images has a foreground pixel"):
+    acc.result()
+  with pytest.raises(UserError, match="no foreground pixel"):
+    loc.pxap_from_histograms(np.zeros(3), np.ones(3))
 
 
 def test_max_box_acc_keys_and_best_thresholds():
@@ -350,19 +414,26 @@ def test_paper_accumulator_merges():
     (np.zeros((2, 4, 4)), [[[0, 0, 1, 1]]], "gt_boxes has 1 entries"),
 ])
 def test_bad_input_names_image_and_problem(maps, boxes, message):
-  with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+  with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
     loc.max_box_acc(maps, boxes)
 
 
 def test_bad_input_paper_and_pxap():
   with pytest.raises(ValueError, match="image 0: score map contains NaN"):
     loc.paper_localization(np.full((1, 1, 4, 4), np.nan), np.array([[0]]), [0], [[[0, 0, 1, 1]]])
-  with pytest.raises(ValueError, match="image 0: empty foreground mask"):
+  with pytest.raises(UserError, match="PxAP is undefined: none of the 1 images has a foreground pixel"):
     loc.pxap(np.zeros((1, 4, 4)), np.zeros((1, 4, 4), bool))
   with pytest.raises(ValueError, match="gt_masks must have"):
     loc.pxap(np.zeros((1, 4, 4)), np.ones((1, 4, 5), bool))
   with pytest.raises(ValueError, match="protocol must be"):
     loc.boxes_from_cam(np.zeros((4, 4)), 0.5, protocol="other")
+
+
+def test_bad_top_k_map_is_named_by_its_image():
+  cams = np.zeros((2, 3, 4, 4))
+  cams[1, 2] = np.nan  # image 1, third class
+  with pytest.raises(UserError, match="image 1: score map contains NaN"):
+    loc.paper_localization(cams, np.zeros((2, 3), int), [0, 0], [[[0, 0, 1, 1]]] * 2)
 
 
 def test_component_areas_equal_contour_areas_without_holes():

@@ -1,4 +1,4 @@
-"""Input checks shared by the evaluators: one ValueError naming the image and the problem."""
+"""Input checks shared by the evaluators: one ``UserError`` (a ValueError) naming the image and the problem."""
 
 from __future__ import annotations
 
@@ -6,16 +6,18 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from camjax.errors import UserError
+
 
 def as_map_stack(scoremaps: Any, *, name: str = "scoremaps", unit_range: bool, offset: int = 0) -> np.ndarray:
   """(N, H, W) floating array, finite, and in [0, 1] when ``unit_range``; raises on the first bad map."""
   maps = np.asarray(scoremaps)
   if maps.ndim != 3:
-    raise ValueError(f"{name} must have shape (N, H, W); got shape {maps.shape}")
+    raise UserError(f"{name} must have shape (N, H, W); got shape {maps.shape}")
   if not np.issubdtype(maps.dtype, np.floating):
-    raise ValueError(f"{name} must be a floating dtype (float16/32/64); got {maps.dtype}")
+    raise UserError(f"{name} must be a floating dtype (float16/32/64); got {maps.dtype}")
   if maps.shape[1] < 1 or maps.shape[2] < 1:
-    raise ValueError(f"{name} must have non-empty maps; got shape {maps.shape}")
+    raise UserError(f"{name} must have non-empty maps; got shape {maps.shape}")
   # Two reductions per map catch everything: NaN propagates through min/max, Inf breaks the range.
   lo = maps.min(axis=(1, 2))
   hi = maps.max(axis=(1, 2))
@@ -29,12 +31,12 @@ def check_map(scoremap: np.ndarray, *, index: int, unit_range: bool) -> None:
   """Finite values (and within [0, 1] for the WSOL standard)."""
   if not np.isfinite(scoremap).all():
     bad = "NaN" if np.isnan(scoremap).any() else "Inf"
-    raise ValueError(f"image {index}: score map contains {bad}; fix the map (e.g. np.nan_to_num) before scoring")
+    raise UserError(f"image {index}: score map contains {bad}; fix the map (e.g. np.nan_to_num) before scoring")
   if unit_range:
     lo, hi = float(scoremap.min()), float(scoremap.max())
     if lo < 0.0 or hi > 1.0:
-      raise ValueError(f"image {index}: WSOL score maps must lie in [0, 1]; got min={lo:g}, max={hi:g} "
-                       "(min-max normalize each map first)")
+      raise UserError(f"image {index}: WSOL score maps must lie in [0, 1]; got min={lo:g}, max={hi:g} "
+                      "(min-max normalize each map first)")
 
 
 def as_box_array(boxes: Any, *, index: int, height: int, width: int, what: str = "ground-truth boxes",
@@ -44,27 +46,27 @@ def as_box_array(boxes: Any, *, index: int, height: int, width: int, what: str =
   if arr.ndim == 1 and arr.shape[0] == 4:
     arr = arr[None]
   if arr.size == 0 and not allow_empty:
-    raise ValueError(f"image {index}: no {what}; every scored image needs at least one box")
+    raise UserError(f"image {index}: no {what}; every scored image needs at least one box")
   if arr.size == 0:
     return np.zeros((0, 4), np.int64)
   if arr.ndim != 2 or arr.shape[1] != 4:
-    raise ValueError(f"image {index}: {what} must have shape (M, 4) as (x0, y0, x1, y1); got shape {arr.shape}")
+    raise UserError(f"image {index}: {what} must have shape (M, 4) as (x0, y0, x1, y1); got shape {arr.shape}")
   if not np.issubdtype(arr.dtype, np.integer):
-    raise ValueError(f"image {index}: {what} must be integers (pixel coordinates); got dtype {arr.dtype}")
+    raise UserError(f"image {index}: {what} must be integers (pixel coordinates); got dtype {arr.dtype}")
   arr = arr.astype(np.int64)
   x0, y0, x1, y1 = arr.T
   if (x0 < 0).any() or (y0 < 0).any() or (x1 >= width).any() or (y1 >= height).any():
-    raise ValueError(f"image {index}: {what} {arr.tolist()} fall outside the {height}x{width} map "
-                     f"(need 0 <= x <= {width - 1}, 0 <= y <= {height - 1})")
+    raise UserError(f"image {index}: {what} {arr.tolist()} fall outside the {height}x{width} map "
+                    f"(need 0 <= x <= {width - 1}, 0 <= y <= {height - 1})")
   if (x1 < x0).any() or (y1 < y0).any():
-    raise ValueError(f"image {index}: {what} {arr.tolist()} have x1 < x0 or y1 < y0")
+    raise UserError(f"image {index}: {what} {arr.tolist()} have x1 < x0 or y1 < y0")
   return arr
 
 
 def as_box_list(gt_boxes: Sequence[Any], *, count: int, height: int, width: int, offset: int = 0) -> list[np.ndarray]:
   """One checked (M_i, 4) array per image."""
   if len(gt_boxes) != count:
-    raise ValueError(f"gt_boxes has {len(gt_boxes)} entries for {count} score maps; give one (M_i, 4) array per image")
+    raise UserError(f"gt_boxes has {len(gt_boxes)} entries for {count} score maps; give one (M_i, 4) array per image")
   arrays = [np.asarray(b) for b in gt_boxes]
   if all(a.ndim == 2 and a.shape[0] and a.shape[1] == 4 and a.dtype.kind in "iu" for a in arrays):
     x0, y0, x1, y1 = np.concatenate(arrays).astype(np.int64).T  # all at once; per image only to name a bad one
@@ -77,7 +79,7 @@ def as_thresholds(values: Any, *, name: str) -> np.ndarray:
   """1-D finite float64 array."""
   arr = np.asarray(values, dtype=np.float64)
   if arr.ndim != 1 or arr.size == 0:
-    raise ValueError(f"{name} must be a non-empty 1-D list of numbers; got shape {arr.shape}")
+    raise UserError(f"{name} must be a non-empty 1-D list of numbers; got shape {arr.shape}")
   if not np.isfinite(arr).all():
-    raise ValueError(f"{name} must be finite")
+    raise UserError(f"{name} must be finite")
   return arr

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from camjax.errors import UserError
 from camjax.localization import _checks
 
 _EIGHT = np.ones((3, 3), dtype=bool)
@@ -67,9 +68,9 @@ def boxes_from_cam(cam: Any, threshold: float, *, protocol: str = "paper", multi
   """
   cam = np.asarray(cam)
   if cam.ndim != 2:
-    raise ValueError(f"cam must have shape (H, W); got shape {cam.shape}")
+    raise UserError(f"cam must have shape (H, W); got shape {cam.shape}")
   if not np.issubdtype(cam.dtype, np.floating):
-    raise ValueError(f"cam must be a floating dtype; got {cam.dtype}")
+    raise UserError(f"cam must be a floating dtype; got {cam.dtype}")
   if protocol == "paper":
     _checks.check_map(cam, index=0, unit_range=False)
     return paper_box(cam, threshold)
@@ -78,7 +79,7 @@ def boxes_from_cam(cam: Any, threshold: float, *, protocol: str = "paper", multi
     q = quantize(cam)
     level = int(cam_levels(np.array([threshold]), int(q.max()))[0])
     return wsol_boxes_at_level(q, level, multi_contour=multi_contour)
-  raise ValueError(f"protocol must be 'paper' or 'wsol'; got {protocol!r}")
+  raise UserError(f"protocol must be 'paper' or 'wsol'; got {protocol!r}")
 
 
 def paper_box(cam: np.ndarray, threshold: float) -> np.ndarray:

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from camjax.errors import UserError
 from camjax.localization import _checks
 from camjax.localization.boxes import iou, paper_box
 
@@ -21,12 +22,12 @@ def _labels_per_box(label: Any, num_boxes: int, index: int) -> np.ndarray:
   """Per-box class labels: one int for all boxes of the image, or one per box."""
   arr = np.asarray(label)
   if not np.issubdtype(arr.dtype, np.integer):
-    raise ValueError(f"image {index}: ground-truth labels must be integers; got {arr.dtype}")
+    raise UserError(f"image {index}: ground-truth labels must be integers; got {arr.dtype}")
   if arr.ndim == 0:
     return np.full(num_boxes, int(arr), np.int64)
   arr = arr.reshape(-1)
   if arr.shape[0] != num_boxes:
-    raise ValueError(f"image {index}: {arr.shape[0]} box labels for {num_boxes} ground-truth boxes")
+    raise UserError(f"image {index}: {arr.shape[0]} box labels for {num_boxes} ground-truth boxes")
   return arr.astype(np.int64)
 
 
@@ -106,30 +107,31 @@ class PaperAccumulator:
     """
     offset = self.counts["num_images"]
     if cams_topk is None and gt_known_cams is None:
-      raise ValueError("give cams_topk (with topk_classes) and/or gt_known_cams")
+      raise UserError("give cams_topk (with topk_classes) and/or gt_known_cams")
     cams = None
     if cams_topk is not None:
       cams = np.asarray(cams_topk)
       if cams.ndim != 4:
-        raise ValueError(f"cams_topk must have shape (N, K, H, W); got {cams.shape}")
+        raise UserError(f"cams_topk must have shape (N, K, H, W); got {cams.shape}")
       n, k, height, width = cams.shape
       if self.heuristic and k < 3:
-        raise ValueError(f"the test-set heuristic needs the top-3 classes' maps; got K={k}")
+        raise UserError(f"the test-set heuristic needs the top-3 classes' maps; got K={k}")
       classes = np.asarray(topk_classes)
       if classes.shape != (n, k) or not np.issubdtype(classes.dtype, np.integer):
-        raise ValueError(f"topk_classes must be integers of shape {(n, k)}; got {classes.dtype} {classes.shape}")
-      _checks.as_map_stack(cams.reshape(n * k, height, width), name="cams_topk", unit_range=False)
+        raise UserError(f"topk_classes must be integers of shape {(n, k)}; got {classes.dtype} {classes.shape}")
+      for j in range(k):  # class by class, so a bad map is named by its image
+        _checks.as_map_stack(cams[:, j], name="cams_topk", unit_range=False, offset=offset)
       if self.top_k is None:
         self.top_k = min(k, 5)
     known = None
     if gt_known_cams is not None:
       known = _checks.as_map_stack(gt_known_cams, name="gt_known_cams", unit_range=False, offset=offset)
       if cams is not None and known.shape != (cams.shape[0],) + cams.shape[2:]:
-        raise ValueError(f"gt_known_cams shape {known.shape} does not match cams_topk {cams.shape}")
+        raise UserError(f"gt_known_cams shape {known.shape} does not match cams_topk {cams.shape}")
       n, height, width = known.shape
     boxes = _checks.as_box_list(gt_boxes, count=n, height=height, width=width, offset=offset)
     if len(gt_labels) != n:
-      raise ValueError(f"gt_labels has {len(gt_labels)} entries for {n} images")
+      raise UserError(f"gt_labels has {len(gt_labels)} entries for {n} images")
     for i in range(n):
       labels = _labels_per_box(gt_labels[i], len(boxes[i]), offset + i)
       if cams is not None:

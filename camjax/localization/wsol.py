@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from camjax.errors import UserError
 from camjax.localization import _checks
 from camjax.localization.boxes import quantize
 from camjax.localization.sweep import LevelTable, best_iou_batch
@@ -28,7 +29,7 @@ def _modes(multi_contour: bool | str) -> tuple[bool, ...]:
     return (True, False)
   if isinstance(multi_contour, (bool, np.bool_)):
     return (bool(multi_contour),)
-  raise ValueError(f"multi_contour must be True, False or 'both'; got {multi_contour!r}")
+  raise UserError(f"multi_contour must be True, False or 'both'; got {multi_contour!r}")
 
 
 def _count_chunk(maps: np.ndarray, boxes: Sequence[np.ndarray], table: LevelTable,
@@ -81,7 +82,7 @@ class WsolAccumulator:
     self._levels = LevelTable(self.cam_thresholds)  # levels per map maximum, kept across batches
     self.iou_thresholds = tuple(int(t) if float(t).is_integer() else float(t) for t in iou_thresholds)
     if not self.iou_thresholds:
-      raise ValueError("iou_thresholds must list at least one IoU threshold in percent, e.g. (30, 50, 70)")
+      raise UserError("iou_thresholds must list at least one IoU threshold in percent, e.g. (30, 50, 70)")
     self._iou_fractions = np.array([t / 100 for t in self.iou_thresholds], np.float64)
     self.multi_contour = multi_contour
     self._modes = _modes(multi_contour)
@@ -108,7 +109,7 @@ class WsolAccumulator:
     if top1_correct is not None:
       top1 = np.asarray(top1_correct, bool).reshape(-1)
       if top1.shape[0] != n:
-        raise ValueError(f"top1_correct has {top1.shape[0]} entries for {n} score maps")
+        raise UserError(f"top1_correct has {top1.shape[0]} entries for {n} score maps")
     # A chunk's boxes are scored together, so its size also bounds the memory in use.
     size = self.chunk_size
     parallel = self.num_workers > 1 and n > size
@@ -249,7 +250,7 @@ class PxapAccumulator:
     self.cam_thresholds = _checks.as_thresholds(cam_thresholds, name="cam_thresholds")
     self.edges = np.append(self.cam_thresholds, [1.0, 2.0, 3.0])
     if (np.diff(self.edges) <= 0).any():
-      raise ValueError("cam_thresholds must increase strictly and stay below 1")
+      raise UserError("cam_thresholds must increase strictly and stay below 1")
     self.fg_hist = np.zeros(len(self.edges) - 1, np.int64)
     self.bg_hist = np.zeros(len(self.edges) - 1, np.int64)
     self.num_images = 0
@@ -257,10 +258,9 @@ class PxapAccumulator:
   def add(self, scoremaps: Any, gt_masks: Any, ignore_masks: Any = None) -> None:
     """scoremaps float (N, H, W) in [0, 1]; gt_masks bool (N, H, W); ignore_masks bool (N, H, W) or None."""
     maps = _checks.as_map_stack(scoremaps, unit_range=True, offset=self.num_images)
+    # An image without foreground adds background pixels only: the histograms are pooled over
+    # the split (as the standard's code does), so only a split with no foreground at all fails.
     fg = self._mask(gt_masks, maps.shape, "gt_masks")
-    for i in range(len(fg)):
-      if not fg[i].any():
-        raise ValueError(f"image {self.num_images + i}: empty foreground mask; PxAP needs at least one foreground pixel")
     valid = np.ones_like(fg)
     if ignore_masks is not None:
       valid = ~(self._mask(ignore_masks, maps.shape, "ignore_masks") & ~fg)
@@ -271,11 +271,11 @@ class PxapAccumulator:
   def _mask(self, masks: Any, shape: tuple[int, ...], name: str) -> np.ndarray:
     arr = np.asarray(masks)
     if arr.shape != shape:
-      raise ValueError(f"{name} must have the score maps' shape {shape}; got {arr.shape}")
+      raise UserError(f"{name} must have the score maps' shape {shape}; got {arr.shape}")
     if arr.dtype != bool:
       if not (np.issubdtype(arr.dtype, np.integer) and np.isin(arr, (0, 1)).all()):
-        raise ValueError(f"{name} must be boolean (or 0/1 integers); got {arr.dtype} "
-                         "(threshold resized masks at 0.5 first)")
+        raise UserError(f"{name} must be boolean (or 0/1 integers); got {arr.dtype} "
+                        "(threshold resized masks at 0.5 first)")
       arr = arr.astype(bool)
     return arr
 
@@ -297,7 +297,12 @@ class PxapAccumulator:
     return self
 
   def result(self) -> dict[str, Any]:
-    """{"PxAP": float, "num_images": int}."""
+    """{"PxAP": float, "num_images": int}; a UserError when no image had a foreground pixel."""
+    if self.num_images == 0:
+      raise ValueError("no images were added; call add() before result()")
+    if not self.fg_hist.sum():
+      raise UserError(f"PxAP is undefined: none of the {self.num_images} images has a foreground pixel "
+                      "(every ground-truth mask is empty); check the masks, e.g. their paths and threshold")
     return {"PxAP": pxap_from_histograms(self.fg_hist, self.bg_hist), "num_images": self.num_images}
 
 
@@ -307,7 +312,8 @@ def pxap_from_histograms(fg_hist: np.ndarray, bg_hist: np.ndarray) -> float:
   bg_hist = np.asarray(bg_hist, np.float64)
   num_fg = fg_hist.sum()
   if num_fg <= 0:
-    raise ValueError("no foreground pixel in the evaluated set; PxAP is undefined")
+    raise UserError("PxAP is undefined: no foreground pixel in the evaluated set (every ground-truth mask "
+                    "is empty); check the masks")
   tp = fg_hist[::-1].cumsum()
   fp = bg_hist[::-1].cumsum()
   keep = (tp + fp) != 0
