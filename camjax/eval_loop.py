@@ -27,6 +27,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from camjax import cam, sharding, train_data
+from camjax.data import pipeline
+from camjax.errors import UserError
 from camjax.metrics_writer import MetricsWriter
 from camjax.models.base import NotCamCompatible
 
@@ -75,6 +77,22 @@ def _merge_across_processes(accumulator: Any) -> None:
   accumulator.load_state(total)
 
 
+def num_eval_batches(batches: Any, config: Any, process_count: int) -> int | None:
+  """Batches every process runs in evaluation (the same on all), for the progress bar's total.
+
+  The pipeline's batches know their length; the synthetic split is a generator, so its count
+  is computed as ``train_data.eval_batches`` makes it: ceil(examples / eval batch size).
+  """
+  try:
+    return len(batches)
+  except TypeError:
+    pass
+  if config.data.name == train_data.SYNTHETIC:
+    num_examples = config.eval.max_examples or 4 * config.eval.batch_size  # as train_data.eval_batches
+    return pipeline.num_eval_batches(num_examples, config.eval.batch_size, process_count)
+  return None
+
+
 def _is_cam_model(model_def: Any, state: dict) -> bool:
   model = model_def.merge(state["params"], state["batch_stats"], state["other"], train=False)
   try:
@@ -118,7 +136,12 @@ def evaluate(model_state: Any, config: Any, workdir: str) -> dict:
   batches = train_data.eval_batches(config, process_index=jax.process_index(), process_count=jax.process_count())
   from tqdm import tqdm
 
-  for batch in tqdm(batches, desc="eval", unit="batch", disable=jax.process_index() != 0 or not config.training.progress_bar):
+  bar = tqdm(batches, desc="eval", unit="batch", total=num_eval_batches(batches, config, jax.process_count()),
+             disable=jax.process_index() != 0 or not config.training.progress_bar)
+  for batch in bar:
+    if pxap is None and "mask" in batch and "wsol" in protocols:
+      # Created on every process from the first batch (padded or not), so all take part in the merge.
+      pxap = localization.PxapAccumulator(thresholds)
     images = jax.make_array_from_process_local_data(batch_sharding, np.asarray(batch["image"], np.float32))
     labels = jax.make_array_from_process_local_data(batch_sharding, np.asarray(batch["label"], np.int32))
     _, ids, maps = (_local(x, mesh) for x in fn(state["params"], state["batch_stats"], state["other"], images, labels))
@@ -140,9 +163,7 @@ def evaluate(model_state: Any, config: Any, workdir: str) -> dict:
     if wsol is not None:
       wsol.add(gt_maps, boxes, top1_correct=ids[:, 0] == label)
     masks = np.asarray(batch["mask"])[valid] > 0 if "mask" in batch else None
-    if masks is not None and "wsol" in protocols:
-      if pxap is None:
-        pxap = localization.PxapAccumulator(thresholds)
+    if pxap is not None:
       pxap.add(gt_maps, masks)
     if baseline is not None:
       baseline.add(maps.shape[-2:], ids, [int(v) for v in label], boxes, masks)
@@ -150,7 +171,8 @@ def evaluate(model_state: Any, config: Any, workdir: str) -> dict:
   totals = sharding.gather_json([correct1, correct5, count])
   correct1, correct5, count = (int(sum(t[i] for t in totals)) for i in range(3))
   if count == 0:
-    raise ValueError(f"the eval split {config.data.eval_split!r} gave no valid example")
+    raise UserError(f"the eval split {config.data.eval_split!r} gave no valid example; check --config.data.eval_split "
+                    "and --config.eval.max_examples")
   results: dict[str, Any] = {
       "step": int(model_state.step), "num_images": count,
       "classification": {"top1_acc": 100.0 * correct1 / count, "top5_acc": 100.0 * correct5 / count},

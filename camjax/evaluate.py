@@ -18,6 +18,11 @@ MaxBoxAcc (single contour), or PxAP for mask metadata.
 class ranking), resized bilinearly to the original image size, and scored as GT-known
 localization accuracy (box from pixels above 20% of the max, largest 8-connected
 component, IoU >= 0.5 with a ground-truth box in original pixels).
+
+Bad input (a missing metadata file, a map that is missing, not 2-D float or not finite, a box
+outside its image, an unreadable mask, an --output that cannot be written) ends the command
+with one ``camjax: error:`` line naming the image id, and exit code 2. ``--output`` is checked
+before scoring and replaced only when scoring succeeds (written to a temporary file first).
 """
 
 from __future__ import annotations

@@ -1,0 +1,29 @@
+"""The evaluation loop's progress bar knows how many batches are coming, on every data set."""
+
+import pytest
+
+import _train_helpers as h
+from camjax import eval_loop, train_data
+from camjax.data import pipeline
+from test_pipeline import Source
+
+
+@pytest.mark.parametrize("max_examples, batch_size, processes, expected", [
+    (16, 8, 1, 2),
+    (10, 4, 1, 3),   # the last batch is padded
+    (10, 4, 2, 3),   # every process runs the same number of batches
+    (0, 4, 1, 4),    # 0: the synthetic split's default size, 4 batches
+])
+def test_synthetic_split_batch_count_is_the_progress_total(max_examples, batch_size, processes, expected):
+  config = h.tiny(**{"eval.max_examples": max_examples, "eval.batch_size": batch_size})
+  runs = [train_data.eval_batches(config, process_index=p, process_count=processes) for p in range(processes)]
+  assert [eval_loop.num_eval_batches(run, config, processes) for run in runs] == [expected] * processes
+  assert [len(list(run)) for run in runs] == [expected] * processes
+
+
+def test_pipeline_batches_give_their_own_length():
+  config = h.tiny()
+  config.data.name = "cub"  # not synthetic: the count must come from the batches themselves
+  batches = pipeline.eval_batches(Source(13), global_batch_size=6, image_size=16, process_index=1, process_count=2)
+  assert eval_loop.num_eval_batches(batches, config, 2) == 3 == len(list(batches))
+  assert eval_loop.num_eval_batches(iter([]), config, 2) is None  # unknown: the bar shows a count only
