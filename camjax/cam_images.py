@@ -7,8 +7,16 @@ For each image: the top-k classes with names and probabilities, their CAMs
 overlaid, and one box per class by the CAM paper's protocol (pixels above 20%
 of the map's max, largest 8-connected component, its tight box), in the
 original image's pixels. The model comes from imported weights (EfficientNet-
-Lite, torchvision GoogLeNet) or from a camjax training checkpoint; as a
-library, ``CamRunner(model, ...)`` takes any CAM-capable model already built.
+Lite, torchvision GoogLeNet) or from a camjax training run
+(``--config.cam_images.weights=checkpoint --config.cam_images.workdir=RUN``):
+then the network and its preprocessing are the run's own, read from the
+``config.json`` that ``camjax.main`` wrote there; ``--config.*`` overrides given
+on the command line still win. As a library, ``CamRunner(model, ...)`` takes any
+CAM-capable model already built.
+
+Input the user can fix (paths, an output that cannot be written, a setting out
+of range, a workdir without a run) is a ``UserError``, found before the model is
+loaded whenever possible; the command prints it as one ``camjax: error:`` line.
 """
 
 from __future__ import annotations
@@ -18,10 +26,13 @@ import json
 import logging
 import os
 import sys
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps
+
+from camjax import app
+from camjax.errors import UserError
 
 log = logging.getLogger("camjax.cam_images")
 
@@ -29,24 +40,38 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 RESIZE_MODES = ("square", "shorter")
 WEIGHT_SOURCES = ("efficientnet_lite", "torchvision_googlenet", "torchvision_vgg16", "torchvision_alexnet",
                   "checkpoint")
+CMAPS = ("jet", "turbo", "gray")  # the colour maps camjax.viz.colormap draws
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                              "efficientnet_lite0_imagenet.py")
+# What a camjax run decides for CAMs on images: its network and the preprocessing it was trained with.
+RUN_DATA_FIELDS = ("name", "builder_config", "data_dir", "image_size", "mean", "std")
 
 
 # ----------------------------------------------------------------------------- inputs
 
 
 def expand_paths(paths: Iterable[str]) -> list[str]:
-  """Files as given, directories expanded to their image files (sorted, not recursive)."""
+  """Files as given, directories expanded to their image files (sorted, not recursive).
+
+  A path that does not exist or a directory without image files is a UserError.
+  """
   out = []
   for p in paths:
     if os.path.isdir(p):
-      found = sorted(os.path.join(p, f) for f in os.listdir(p) if f.lower().endswith(IMAGE_EXTENSIONS))
+      try:
+        names = os.listdir(p)
+      except OSError as e:
+        raise UserError(f"--images: cannot list directory {p} ({e.strerror}); fix its permissions") from e
+      found = sorted(os.path.join(p, f) for f in names
+                     if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(p, f)))
       if not found:
-        log.warning("directory %s holds no image files (%s)", p, ", ".join(IMAGE_EXTENSIONS))
+        raise UserError(f"--images: directory {p} holds no image files (read: {' '.join(IMAGE_EXTENSIONS)}); "
+                        "add images to it or pass image files")
       out.extend(found)
     elif os.path.isfile(p):
       out.append(p)
     else:
-      raise FileNotFoundError(f"--images: {p} is neither a file nor a directory")
+      raise UserError(f"--images: {p} does not exist (neither a file nor a directory); fix the path")
   return out
 
 
@@ -64,7 +89,7 @@ def resized_shape(height: int, width: int, size: int, mode: str) -> tuple[int, i
   if mode == "shorter":
     scale = size / min(height, width)
     return max(size, int(round(height * scale))), max(size, int(round(width * scale)))
-  raise ValueError(f"cam_images.resize must be one of {RESIZE_MODES}, got {mode!r}")
+  raise UserError(f"cam_images.resize must be one of {RESIZE_MODES}, got {mode!r}")
 
 
 def preprocess(image: np.ndarray, shape: tuple[int, int], mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -118,14 +143,14 @@ class CamRunner:
                std: Sequence[float] = (0.229, 0.224, 0.225), top_k: int = 5, threshold: float = 0.2,
                resize: str = "square", batch_size: int = 8):
     if resize not in RESIZE_MODES:
-      raise ValueError(f"cam_images.resize must be one of {RESIZE_MODES}, got {resize!r}")
+      raise UserError(f"cam_images.resize must be one of {RESIZE_MODES}, got {resize!r}")
     if not 0.0 <= threshold < 1.0:
-      raise ValueError(f"cam_images.threshold must be in [0, 1), got {threshold}")
+      raise UserError(f"cam_images.threshold must be in [0, 1), got {threshold}")
     if batch_size < 1 or image_size < 1:
-      raise ValueError("cam_images.batch_size and data.image_size must be positive")
+      raise UserError("cam_images.batch_size and data.image_size must be positive")
     num_classes = getattr(model, "num_classes", None)
     if num_classes is not None and not 1 <= top_k <= num_classes:
-      raise ValueError(f"cam_images.top_k must be in [1, {num_classes}], got {top_k}")
+      raise UserError(f"cam_images.top_k must be in [1, {num_classes}], got {top_k}")
     from camjax import cam
 
     cam.cam_weights(model)  # fails now, with the reason, for models without a GAP head
@@ -194,10 +219,53 @@ def _figure_path(output: str, image_path: str, used: set[str]) -> str:
   return os.path.join(output, name)
 
 
-def resolve_class_names(spec: str, num_classes: int) -> tuple[str, ...] | None:
-  """``imagenet`` (1000 classes), a text file with one name per line, or '' for plain class ids."""
+def _dataset_class_names(data: Any, num_classes: int) -> tuple[str, ...] | None:
+  """Class names of a run's data set when they are at hand, else None (synthetic data has none).
+
+  ImageNet's readable names, the label file of the prepared data set, or the
+  built-in camjax_shapes names; nothing is built or downloaded for them.
+  """
+  name = str(data.get("name", "") or "")
+  if name == "ilsvrc2012_loc" and num_classes == 1000:
+    from camjax.imagenet_classes import class_names
+
+    return class_names()  # the readable names, in the synset order the data set uses
+  if not name or name == "synthetic":
+    return None
+  from camjax.data import default_data_dir
+
+  # TFDS writes the ClassLabel names next to the prepared records: <data_dir>/<name>/<config>/<version>/.
+  base = os.path.join(os.path.expanduser(data.get("data_dir", "") or default_data_dir()), name)
+  config_dir = os.path.join(base, str(data.get("builder_config", "") or ""))
+  for root in (config_dir, base):
+    versions = sorted(os.listdir(root), reverse=True) if os.path.isdir(root) else []
+    for version in versions:
+      path = os.path.join(root, version, "label.labels.txt")
+      if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+          names = tuple(line.strip() for line in f if line.strip())
+        if len(names) == num_classes:
+          return names
+  if name == "camjax_shapes":
+    from camjax.data.shapes import CLASS_NAMES
+
+    return tuple(CLASS_NAMES) if len(CLASS_NAMES) == num_classes else None
+  return None
+
+
+def resolve_class_names(spec: str, num_classes: int, *, data: Any = None) -> tuple[str, ...] | None:
+  """``auto``, ``imagenet`` (1000 classes), a text file with one name per line, or '' for plain class ids.
+
+  ``auto``: the names of ``data`` (a camjax run's data section) when known,
+  else ImageNet's for a 1000-class model, else class ids.
+  """
   if not spec:
     return None
+  if spec == "auto":
+    names = _dataset_class_names(data, num_classes) if data is not None else None
+    if names is not None or num_classes != 1000:
+      return names
+    spec = "imagenet"
   if spec == "imagenet":
     if num_classes != 1000:
       log.warning("cam_images.class_names=imagenet but the model has %d classes; using class ids", num_classes)
@@ -206,12 +274,13 @@ def resolve_class_names(spec: str, num_classes: int) -> tuple[str, ...] | None:
 
     return class_names()
   if not os.path.isfile(spec):
-    raise FileNotFoundError(f"cam_images.class_names={spec!r}: no such file; give 'imagenet', '' or a text file")
+    raise UserError(f"cam_images.class_names={spec!r}: no such file; give 'auto', 'imagenet', '' or a text file")
   from camjax.imagenet_classes import class_names
 
   names = class_names(spec)
   if len(names) != num_classes:
-    raise ValueError(f"cam_images.class_names file {spec} has {len(names)} names, the model {num_classes} classes")
+    raise UserError(f"cam_images.class_names file {spec} has {len(names)} names but the model has {num_classes} "
+                    "classes; give a file with one name per class")
   return names
 
 
@@ -221,7 +290,8 @@ def process(runner: CamRunner, image_paths: Sequence[str], output: str, *,
   """Decode, CAM, box, draw: writes ``output/<stem>_cam.png`` per image and ``output/cams.json``.
 
   Unreadable images are logged and listed in cams.json with an ``error`` field;
-  the others go on.
+  the others go on. When not one of the images can be read this is a UserError
+  and nothing is written, so a cams.json of an earlier run stays as it was.
   """
   os.makedirs(output, exist_ok=True)
   records: list[dict | None] = []  # in input order; None until the image's batch has run
@@ -254,25 +324,156 @@ def process(runner: CamRunner, image_paths: Sequence[str], output: str, *,
       flush()
   if pending:
     flush()
+  if records and all("error" in r for r in records):
+    first = records[0]
+    raise UserError(f"none of the {len(records)} images could be read (first: {first['image']}: {first['error']}); "
+                    f"nothing written to {output}; pass images in {', '.join(IMAGE_EXTENSIONS)} or another "
+                    "format Pillow decodes")
   with open(os.path.join(output, "cams.json"), "w", encoding="utf-8") as f:
     json.dump(records, f, indent=1)
   return records
 
 
-# ----------------------------------------------------------------------------- models from configs
+# ----------------------------------------------------------------------------- settings, checked before any work
+
+
+def check_settings(config: Any, workdir: str | None = None) -> None:
+  """Every ``cam_images`` setting that can be checked without the model or the images: fail in milliseconds."""
+  if "cam_images" not in config:
+    raise UserError("the config has no cam_images section; use --config=configs/efficientnet_lite0_imagenet.py "
+                    "(weights=checkpoint reads the run's model from its workdir)")
+  s = config.cam_images
+  if s.weights not in WEIGHT_SOURCES:
+    raise UserError(f"cam_images.weights={s.weights!r}; set --config.cam_images.weights to one of: "
+                    f"{', '.join(WEIGHT_SOURCES)}")
+  if s.cmap not in CMAPS:
+    raise UserError(f"cam_images.cmap={s.cmap!r} is not a colour map; set --config.cam_images.cmap to one of: "
+                    f"{', '.join(CMAPS)}")
+  if s.resize not in RESIZE_MODES:
+    raise UserError(f"cam_images.resize={s.resize!r}; set --config.cam_images.resize to one of: "
+                    f"{', '.join(RESIZE_MODES)}")
+  if not 0.0 <= s.threshold < 1.0:
+    raise UserError(f"cam_images.threshold={s.threshold}; set it in [0, 1) (the paper uses 0.2)")
+  if not 0.0 <= s.alpha <= 1.0:
+    raise UserError(f"cam_images.alpha={s.alpha}; set it in [0, 1]")
+  for field in ("top_k", "batch_size", "figure_tile"):
+    if s[field] < 1:
+      raise UserError(f"cam_images.{field}={s[field]}; set it to a positive number")
+  if s.class_names not in ("", "auto", "imagenet") and not os.path.isfile(s.class_names):
+    raise UserError(f"cam_images.class_names={s.class_names!r}: no such file; give 'auto', 'imagenet', '' "
+                    "or a text file with one name per line")
+  if s.weights == "checkpoint":
+    checkpoint_workdir(config, workdir)
+    return
+  if s.weights != "efficientnet_lite" and not s.weights_path:
+    raise UserError(f"cam_images.weights={s.weights} needs --config.cam_images.weights_path=FILE.pth")
+  if s.weights_path and not os.path.isfile(os.path.expanduser(s.weights_path)):
+    raise UserError(f"cam_images.weights_path={s.weights_path} does not exist; fix the path")
+  if not 1 <= s.top_k <= config.model.num_classes:
+    raise UserError(f"cam_images.top_k={s.top_k}; set it in [1, {config.model.num_classes}] (the model's classes)")
+
+
+# ----------------------------------------------------------------------------- camjax runs
+
+
+def _run_dir(path: str) -> str:
+  """The run directory of a workdir or of one of its step directories (``WORKDIR/checkpoints/<step>``)."""
+  parent = os.path.dirname(path)
+  if os.path.isdir(os.path.join(path, "state")) and os.path.basename(parent) == "checkpoints":
+    return os.path.dirname(parent)
+  return path
 
 
 def _checkpoint_state_dir(workdir: str) -> str:
   """``WORKDIR/checkpoints/<newest step>/state`` (also accepts a step directory)."""
   path = os.path.abspath(os.path.expanduser(workdir))
+  if not os.path.isdir(path):
+    raise UserError(f"cam_images.workdir={workdir} does not exist; point it at a camjax training workdir")
   if os.path.isdir(os.path.join(path, "state")):
     return os.path.join(path, "state")
   base = os.path.join(path, "checkpoints")
   steps = sorted(int(d) for d in os.listdir(base) if d.isdigit()) if os.path.isdir(base) else []
+  steps = [step for step in steps if os.path.isdir(os.path.join(base, str(step), "state"))]
   if not steps:
-    raise FileNotFoundError(f"cam_images.workdir={workdir!r} holds no checkpoints/<step>/state; "
-                            "train first or point it at a camjax workdir")
+    raise UserError(f"cam_images.workdir={workdir} holds no checkpoint (no checkpoints/<step>/state); "
+                    "train first (python -m camjax.main) or point it at a camjax training workdir")
   return os.path.join(base, str(steps[-1]), "state")
+
+
+def checkpoint_workdir(config: Any, workdir: str | None = None) -> str:
+  """The workdir of ``weights=checkpoint`` (``workdir`` or ``cam_images.workdir``), checked to hold a checkpoint."""
+  workdir = workdir or config.cam_images.workdir
+  if not workdir:
+    raise UserError("cam_images.weights=checkpoint needs --config.cam_images.workdir=RUN_DIR (a camjax "
+                    "training workdir)")
+  _checkpoint_state_dir(workdir)
+  return workdir
+
+
+def read_run_config(workdir: str) -> dict:
+  """The ``config.json`` ``camjax.main`` wrote in a run's workdir, as a dict (lists turned into tuples)."""
+  run_dir = _run_dir(os.path.abspath(os.path.expanduser(workdir)))
+  path = os.path.join(run_dir, "config.json")
+  if not os.path.isfile(path):
+    raise UserError(f"{run_dir} has no config.json (python -m camjax.main writes it when a run starts), so its "
+                    "model and preprocessing are unknown; point cam_images.workdir at a camjax training workdir")
+  try:
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise UserError(f"cannot read {path} ({e}); point cam_images.workdir at a camjax training workdir") from e
+  for section in ("model", "data"):
+    if not isinstance(saved.get(section), dict):
+      raise UserError(f"{path} has no {section} section; is it a camjax run's config.json?")
+
+  def tuples(value: Any) -> Any:
+    if isinstance(value, dict):
+      return {k: tuples(v) for k, v in value.items()}
+    return tuple(tuples(v) for v in value) if isinstance(value, list) else value
+
+  return tuples(saved)
+
+
+def config_from_run(config: Any, saved: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> Any:
+  """``config`` with the network and preprocessing of a camjax run (``saved``: its config.json).
+
+  The run's whole ``model`` section (name, classes, pooling, bias, dtype,
+  overrides) and its data set name, image size, mean and std replace this
+  config's; the ``cam_images`` section stays. ``overrides`` (the command line's
+  ``--config.*`` values, flat ``"section.field": value``) are applied last, so
+  what the user typed wins. The run's ``data.eval_mode`` is not used: CAMs on
+  photos map the whole image, so a centre crop would cut part of it away.
+  """
+  import ml_collections
+
+  merged = config.to_dict()
+  merged["model"] = {**merged.get("model", {}), **dict(saved["model"])}
+  merged["model"]["overrides"] = dict(saved["model"].get("overrides") or {})
+  data = dict(merged.get("data", {}))
+  data.update({k: saved["data"][k] for k in RUN_DATA_FIELDS if k in saved["data"]})
+  merged["data"] = data
+  out = ml_collections.ConfigDict(merged)
+  for key, value in (overrides or {}).items():
+    *parents, leaf = key.split(".")
+    node = out
+    for name in parents:
+      if name not in node:
+        node[name] = ml_collections.ConfigDict()
+      node = node[name]
+    node[leaf] = value
+  out.lock()
+  return out
+
+
+def describe_run(config: Any, workdir: str) -> str:
+  """One line saying which network and preprocessing the CAMs use."""
+  m, d = config.model, config.data
+  extra = f" {m.overrides.to_dict()}" if m.overrides.to_dict() else ""
+  return (f"model {m.name}{extra} ({m.num_classes} classes, {m.pooling}) and preprocessing {d.image_size} px, "
+          f"mean {tuple(d.mean)}, std {tuple(d.std)} from {workdir}/config.json")
+
+
+# ----------------------------------------------------------------------------- models from configs
 
 
 def model_from_checkpoint(config: Any, workdir: str) -> Any:
@@ -305,8 +506,8 @@ def model_from_checkpoint(config: Any, workdir: str) -> Any:
     else:
       node.set_value(jax.numpy.asarray(stored[name], want.dtype))
   if problems:
-    raise ValueError(f"checkpoint {state_dir} does not fit model {config.model.name} "
-                     f"(check --config.model.*): " + "; ".join(problems[:20]))
+    raise UserError(f"checkpoint {state_dir} does not fit model {config.model.name} "
+                    f"(drop the --config.model.* overrides or fix the run's config.json): " + "; ".join(problems[:5]))
   assign.fill_rng_state(model, 0)
   model.eval()
   return model
@@ -321,12 +522,9 @@ def model_from_config(config: Any, workdir: str | None = None) -> Any:
 
   s = config.cam_images
   if s.weights not in WEIGHT_SOURCES:
-    raise ValueError(f"cam_images.weights must be one of {WEIGHT_SOURCES}, got {s.weights!r}")
+    raise UserError(f"cam_images.weights must be one of {WEIGHT_SOURCES}, got {s.weights!r}")
   if s.weights == "checkpoint":
-    workdir = workdir or s.workdir
-    if not workdir:
-      raise ValueError("cam_images.weights=checkpoint needs --workdir or --config.cam_images.workdir")
-    return model_from_checkpoint(config, workdir)
+    return model_from_checkpoint(config, checkpoint_workdir(config, workdir))
   if s.weights == "efficientnet_lite":
     from camjax.weights import efficientnet_lite
 
@@ -337,14 +535,14 @@ def model_from_config(config: Any, workdir: str | None = None) -> Any:
                                         num_classes=config.model.num_classes, pooling=config.model.pooling,
                                         **overrides)
   if not s.weights_path:
-    raise ValueError(f"cam_images.weights={s.weights} needs --config.cam_images.weights_path=FILE.pth")
+    raise UserError(f"cam_images.weights={s.weights} needs --config.cam_images.weights_path=FILE.pth")
   model = nnx.eval_shape(lambda: train.build_model(config))
   torchvision.load_pretrained(model, s.weights_path, s.weights, head=True)
   assign.fill_rng_state(model, 0)
   left = assign.abstract_paths(model)
   if left:
-    raise ValueError(f"{s.weights_path} leaves {', '.join(left[:5])} untrained: CAM needs a trained classifier; "
-                     "use a model whose head the file holds (e.g. googlenet) or a camjax checkpoint")
+    raise UserError(f"{s.weights_path} leaves {', '.join(left[:5])} untrained: CAM needs a trained classifier; "
+                    "use a model whose head the file holds (e.g. googlenet) or a camjax checkpoint")
   model.eval()
   return model
 
@@ -355,48 +553,92 @@ def runner_from_config(config: Any, model: Any) -> CamRunner:
                    top_k=s.top_k, threshold=s.threshold, resize=s.resize, batch_size=s.batch_size)
 
 
-def run(config: Any, image_paths: Sequence[str], output: str, *, model: Any = None,
-        workdir: str | None = None) -> list[dict]:
-  """The command's work: expand paths, build (or take) the model, write figures and cams.json."""
+def prepare(config: Any, image_paths: Sequence[str], output: str, *, workdir: str | None = None,
+            overrides: Mapping[str, Any] | None = None) -> tuple[Any, list[str], str]:
+  """Every check that needs no model: settings, image paths, the output directory, the run of a checkpoint.
+
+  Returns (the config to use: a run's network and preprocessing for
+  ``weights=checkpoint``, the image files, the output directory).
+  """
+  check_settings(config, workdir)
   paths = expand_paths(image_paths)
   if not paths:
-    raise ValueError("no images given: pass --images=FILE_OR_DIR [MORE ...]")
+    raise UserError("no images given: pass --images=FILE_OR_DIR [MORE ...]")
+  output = app.writable_dir(output, "--output")
+  if config.cam_images.weights == "checkpoint":
+    run_workdir = checkpoint_workdir(config, workdir)
+    config = config_from_run(config, read_run_config(run_workdir), overrides)
+    log.info("using the run's %s", describe_run(config, _run_dir(os.path.abspath(run_workdir))))
+    top_k, num_classes = config.cam_images.top_k, config.model.num_classes
+    if top_k > num_classes and "cam_images.top_k" not in (overrides or {}):
+      with config.unlocked():
+        config.cam_images.top_k = num_classes  # the default top-5 of a run with fewer classes: all of them
+    elif not 1 <= top_k <= num_classes:
+      raise UserError(f"cam_images.top_k={top_k}; the run's model has {num_classes} classes: "
+                      f"set --config.cam_images.top_k in [1, {num_classes}]")
+  return config, paths, output
+
+
+def run(config: Any, image_paths: Sequence[str], output: str, *, model: Any = None,
+        workdir: str | None = None, overrides: Mapping[str, Any] | None = None) -> list[dict]:
+  """The command's work: check everything cheap, build (or take) the model, write figures and cams.json.
+
+  ``overrides``: the ``--config.*`` values the user gave, which win over a
+  camjax run's config.json (``weights=checkpoint``).
+  """
+  config, paths, output = prepare(config, image_paths, output, workdir=workdir, overrides=overrides)
   model = model if model is not None else model_from_config(config, workdir)
   runner = runner_from_config(config, model)
-  names = resolve_class_names(config.cam_images.class_names, int(getattr(model, "num_classes", 0)))
   s = config.cam_images
+  data = config.data if s.weights == "checkpoint" else None
+  names = resolve_class_names(s.class_names, int(getattr(model, "num_classes", 0)), data=data)
   return process(runner, paths, output, class_names=names, alpha=s.alpha, cmap=s.cmap, tile=s.figure_tile)
 
 
-def _main(argv: Sequence[str]) -> None:
+def _main(argv: Sequence[str]) -> int:
   from absl import flags
+  from absl import logging as absl_logging
 
+  absl_logging.set_verbosity(absl_logging.WARNING)  # orbax's INFO lines say nothing to someone running CAMs
   FLAGS = flags.FLAGS
-  extra = [a for a in argv[1:]]
+  extra = list(argv[1:])
   unknown = [a for a in extra if a.startswith("-")]
   if unknown:
-    raise SystemExit(f"unknown arguments: {' '.join(unknown)}")
+    raise UserError(f"unknown arguments: {' '.join(unknown)}; run with --helpfull to list the flags")
+  config = app.config_value()
   images = list(FLAGS.images or []) + extra
-  records = run(FLAGS.config, images, FLAGS.output, workdir=FLAGS.workdir)
+  records = run(config, images, FLAGS.output, workdir=FLAGS.workdir, overrides=FLAGS["config"].override_values)
   ok = [r for r in records if "predictions" in r]
   for r in ok:
     top = r["predictions"][0]
     print(f"{r['image']}: {top['class_name'].split(',')[0]} ({top['prob']:.2f}) box {top['box']}")
-  print(f"{len(ok)} images, {len(records) - len(ok)} unreadable; wrote {os.path.join(FLAGS.output, 'cams.json')}")
+  bad = [r["image"] for r in records if "error" in r]
+  unreadable = f" ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})" if bad else ""
+  print(f"{len(ok)} images, {len(bad)} unreadable{unreadable}; wrote {os.path.join(FLAGS.output, 'cams.json')}")
+  return 0
 
 
 def main() -> None:
-  from absl import app, flags
+  from absl import flags
   from ml_collections import config_flags
 
-  config_flags.DEFINE_config_file("config", "configs/efficientnet_lite0_imagenet.py", "Config file.",
-                                  lock_config=True)
+  # With a default file, ml_collections reads the file and the --config.* overrides while the flag is defined,
+  # before absl parses anything: bad input there gets the same one line as in app.parse_absl_flags.
+  if "--verbose" in sys.argv or "--verbose=true" in sys.argv:
+    app.set_verbose(True)
+  try:
+    config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "Config file (default: EfficientNet-Lite0 on ImageNet).",
+                                    lock_config=True)
+  except (KeyError, AttributeError, OSError, TypeError, ValueError) as e:
+    sys.exit(app.report(UserError(app.config_flag_message(e))))
   flags.DEFINE_multi_string("images", None, "Image files or directories (more may follow as plain arguments).")
   flags.DEFINE_string("output", "cam_images_out", "Directory for the figures and cams.json.")
   flags.DEFINE_string("workdir", None, "camjax training workdir (cam_images.weights=checkpoint).")
+  app.define_verbose_flag()
   logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-  app.run(_main)
+  log.setLevel(logging.INFO)
+  app.run_absl(_main)
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  main()

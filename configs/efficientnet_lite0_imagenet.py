@@ -6,8 +6,10 @@
 Writes one figure per image (input + top-5 CAMs with class names, probabilities
 and red boxes) and ``cams.json`` (boxes in original-image pixels). Other weights:
 ``--config.cam_images.weights_path=FILE.pth``; a camjax training run:
-``--config.cam_images.weights=checkpoint --config.cam_images.workdir=RUN_DIR``
-together with that run's model settings (``--config.model.name=...`` etc.).
+``--config.cam_images.weights=checkpoint --config.cam_images.workdir=RUN_DIR``.
+The run's network (``model.*``, overrides included), image size, mean and std
+then come from RUN_DIR/config.json, not from this file; ``--config.model.*`` or
+``--config.data.*`` given on the command line still win.
 """
 
 import ml_collections
@@ -27,8 +29,10 @@ def cam_images_section(**overrides) -> ml_collections.ConfigDict:
   s.resize = "square"  # square: every image to image_size x image_size | shorter: shorter side, keep aspect
   s.batch_size = 8
   s.alpha = 0.5  # heat-map opacity in the figures
-  s.cmap = "jet"  # jet | turbo
-  s.class_names = "imagenet"  # imagenet | a text file with one name per line | '' = class ids
+  s.cmap = "jet"  # jet | turbo | gray
+  # auto: a run's data set names (checkpoint) or ImageNet's (1000 classes) | imagenet | a text file with one
+  # name per line | '' = class ids
+  s.class_names = "auto"
   s.figure_tile = 224  # longest side of each tile in the figures
   s.update(overrides)
   return s
