@@ -33,30 +33,37 @@ Data and the workdir should live on a bucket every worker reads, e.g.
 USAGE
 }
 
+me=tpu_pod.sh
+fail() { echo "$me: $1 (see --help)" >&2; exit 2; }
+need() {  # option $1 has a value $2 (not missing, empty or another option)
+  if [[ $# -lt 2 || -z "$2" ]]; then fail "$1 needs a value"; fi
+  if [[ "$2" == -* ]]; then fail "$1 needs a value, got the option $2"; fi
+}
+
 name=camjax; zone=""; project=""; type=v4-8; version=tpu-ubuntu2204-base; spot=0; dry_run=0; steps=()
 while [[ $# -gt 0 ]]; do
+  if [[ "$1" == --?*=* ]]; then set -- "${1%%=*}" "${1#*=}" "${@:2}"; fi  # --opt=value as --opt value
   case "$1" in
-    --name) name="$2"; shift 2 ;;
-    --zone) zone="$2"; shift 2 ;;
-    --project) project="$2"; shift 2 ;;
-    --type) type="$2"; shift 2 ;;
-    --version) version="$2"; shift 2 ;;
+    --name) need "$@"; name="$2"; shift 2 ;;
+    --zone) need "$@"; zone="$2"; shift 2 ;;
+    --project) need "$@"; project="$2"; shift 2 ;;
+    --type) need "$@"; type="$2"; shift 2 ;;
+    --version) need "$@"; version="$2"; shift 2 ;;
     --spot) spot=1; shift ;;
     --dry-run) dry_run=1; shift ;;
     -h|--help) usage; exit 0 ;;
     --) shift; break ;;
     create|copy|setup|run|delete) steps+=("$1"); shift ;;
     all) steps+=(create copy setup run delete); shift ;;
-    *) echo "tpu_pod.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    -*) fail "unknown option $1" ;;
+    *) fail "unknown step $1; steps are create, copy, setup, run, delete or all" ;;
   esac
 done
 flags=("$@")
-if [[ ${#steps[@]} -eq 0 ]]; then echo "tpu_pod.sh: give at least one STEP (see --help)" >&2; exit 2; fi
-if [[ -z "$zone" ]]; then echo "tpu_pod.sh: --zone is required" >&2; exit 2; fi
+if [[ ${#steps[@]} -eq 0 ]]; then fail "give at least one STEP (create, copy, setup, run, delete or all)"; fi
+if [[ -z "$zone" ]]; then fail "--zone is required, e.g. --zone us-central2-b"; fi
 for s in "${steps[@]}"; do
-  if [[ "$s" == run && ${#flags[@]} -eq 0 ]]; then
-    echo "tpu_pod.sh: the run step needs camjax.main flags after -- (see --help)" >&2; exit 2
-  fi
+  if [[ "$s" == run && ${#flags[@]} -eq 0 ]]; then fail "the run step needs camjax.main flags after --"; fi
 done
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
