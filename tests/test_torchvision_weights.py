@@ -175,3 +175,22 @@ def test_wrong_format_for_model_fails_clearly():
   with pytest.raises(ValueError, match="torchvision_vgg16"):
     load_pretrained(_abstract("vgg16_gap"), {}, format="torchvision_googlenet")
   assert tvw.infer_format(_abstract("alexnet_star_gap")) == "torchvision_alexnet"
+
+
+def test_file_problems_surface_before_model_questions(tmp_path):
+  from camjax.errors import UserError
+  from camjax.weights import torch_reader
+
+  small = nnx.eval_shape(lambda: models.create("small_gap", num_classes=3))  # no torch weights fit it
+  missing = tmp_path / "missing.pth"
+  with pytest.raises(torch_reader.CheckpointNotFoundError, match=f"pretrained.path={missing} does not exist"):
+    load_pretrained(small, missing)
+  data = _write(_fake(_alexnet_shapes()), tmp_path / "alexnet.pth", "zip").read_bytes()
+  cut = tmp_path / "cut.pth"
+  cut.write_bytes(data[: len(data) // 2])
+  with pytest.raises(torch_reader.CheckpointFormatError, match=f"{cut}: truncated or corrupt"):
+    load_pretrained(small, cut)
+  # A readable file meets the model question next, also as one line.
+  with pytest.raises(UserError, match="no torch pretrained weights fit SmallGapNet") as err:
+    load_pretrained(small, tmp_path / "alexnet.pth")
+  assert "\n" not in str(err.value)

@@ -14,8 +14,20 @@ import os
 from typing import Any
 
 
-def load_pretrained(model: Any, path: str | os.PathLike, format: str | None = None, *, head: bool | None = None) -> Any:
+def load_pretrained(model: Any, path: str | os.PathLike, format: str | None = None, *, head: bool | None = None,
+                    flag: str = "pretrained.path") -> Any:
   """Load ImageNet weights into ``model`` in place; see ``camjax.weights.torchvision.load_pretrained``."""
   from camjax.weights.torchvision import load_pretrained as _load
 
-  return _load(model, path, format, head=head)
+  return _load(model, path, format, head=head, flag=flag)
+
+
+def check_pretrained_path(path: str | os.PathLike, flag: str = "pretrained.path") -> str:
+  """Fail early, with one line naming ``flag``, when ``path`` is not a readable, non-empty file.
+
+  Cheap (reads nothing, imports neither JAX nor Flax), so a command can call it
+  while validating its config, before building a model.
+  """
+  from camjax.weights import torch_reader
+
+  return torch_reader.check_file(os.path.expanduser(os.fspath(path)), flag)

@@ -119,7 +119,8 @@ def load_mapped(
       continue
     value = LAYOUTS[target.layout](value)
     if value.shape != want:
-      problems.append(f"  {key}: shape {value.shape} (after {target.layout} layout) != model {'.'.join(map(str, target.path))} {want}")
+      where = ".".join(map(str, target.path))
+      problems.append(f"  {key}: shape {value.shape} (after {target.layout} layout) != model {where} {want}")
       continue
     converted[key] = (var, value)
   if missing:

