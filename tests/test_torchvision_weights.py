@@ -185,6 +185,10 @@ def test_file_problems_surface_before_model_questions(tmp_path):
   missing = tmp_path / "missing.pth"
   with pytest.raises(torch_reader.CheckpointNotFoundError, match=f"pretrained.path={missing} does not exist"):
     load_pretrained(small, missing)
+  from camjax import weights  # the same check, cheap enough for config validation (imports no JAX)
+
+  with pytest.raises(torch_reader.CheckpointNotFoundError, match=f"pretrained.path={missing} does not exist"):
+    weights.check_pretrained_path(missing)
   data = _write(_fake(_alexnet_shapes()), tmp_path / "alexnet.pth", "zip").read_bytes()
   cut = tmp_path / "cut.pth"
   cut.write_bytes(data[: len(data) // 2])
