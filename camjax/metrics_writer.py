@@ -1,19 +1,26 @@
 """Metrics to a JSON-lines file and TensorBoard events in the workdir (process 0 only).
 
 Each line of ``metrics.jsonl`` is one record ``{"step": int, "split": str, name: value, ...}``
-so runs can be read back with nothing but ``json``.
+so runs can be read back with nothing but ``json``. A run that resumes from step S
+opens its writer with ``resume_step=S``: the records and TensorBoard events of the
+steps after S, which the resumed run writes again, are dropped first, so every
+curve has one value per step.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import tempfile
 import time
 from typing import Any, Mapping
 
 import numpy as np
 
 METRICS_FILE = "metrics.jsonl"
+
+log = logging.getLogger("camjax.metrics")
 
 
 def _plain(value: Any) -> Any:
@@ -23,10 +30,49 @@ def _plain(value: Any) -> Any:
   return value
 
 
-class MetricsWriter:
-  """Writes scalars to ``metrics.jsonl`` and TensorBoard; a no-op when ``enabled`` is False."""
+def drop_records_after(path: str, step: int) -> int:
+  """Remove the records of ``path`` whose step is past ``step``; returns how many lines went.
 
-  def __init__(self, workdir: str, *, enabled: bool = True, tensorboard: bool = True):
+  A line that is not JSON (a write cut short by a killed process) goes too. The
+  file is replaced atomically: a crash leaves either the old or the new file.
+  """
+  if not os.path.exists(path):
+    return 0
+  with open(path, encoding="utf-8") as f:
+    lines = [line for line in f.read().splitlines() if line.strip()]
+  kept = []
+  for line in lines:
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      continue
+    if isinstance(record, dict) and int(record.get("step", 0)) <= step:
+      kept.append(line)
+  if len(kept) == len(lines):
+    return 0
+  handle, tmp = tempfile.mkstemp(prefix=f".{METRICS_FILE}.", dir=os.path.dirname(os.path.abspath(path)))
+  try:
+    with os.fdopen(handle, "w", encoding="utf-8") as f:
+      f.write("".join(line + "\n" for line in kept))
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+  return len(lines) - len(kept)
+
+
+class MetricsWriter:
+  """Writes scalars to ``metrics.jsonl`` and TensorBoard; a no-op when ``enabled`` is False.
+
+  ``resume_step=S`` first drops what an earlier run wrote for steps after S: the
+  records of ``metrics.jsonl`` and (through tensorboardX's ``purge_step``) the
+  TensorBoard events.
+  """
+
+  def __init__(self, workdir: str, *, enabled: bool = True, tensorboard: bool = True,
+               resume_step: int | None = None):
     self.enabled = enabled
     self.path = os.path.join(workdir, METRICS_FILE)
     self._file = None
@@ -34,10 +80,19 @@ class MetricsWriter:
     if not enabled:
       return
     os.makedirs(workdir, exist_ok=True)
+    if resume_step is not None:
+      dropped = drop_records_after(self.path, resume_step)
+      if dropped:
+        log.info("dropped %d records past step %d from %s", dropped, resume_step, self.path)
     self._file = open(self.path, "a", encoding="utf-8")
+    if self._file.tell() > 0 and not _ends_with_newline(self.path):
+      self._file.write("\n")  # the last line was cut short: start a new one
     if tensorboard:
       from tensorboardX import SummaryWriter  # imported lazily: slow to import
-      self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"))
+
+      # Events with step >= purge_step in older event files are hidden from TensorBoard.
+      purge = None if resume_step is None else int(resume_step) + 1
+      self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"), purge_step=purge)
 
   def write(self, step: int, scalars: Mapping[str, Any], *, split: str = "train") -> None:
     if not self.enabled:
@@ -66,6 +121,12 @@ class MetricsWriter:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+def _ends_with_newline(path: str) -> bool:
+  with open(path, "rb") as f:
+    f.seek(-1, os.SEEK_END)
+    return f.read(1) == b"\n"
 
 
 def read_metrics(workdir: str, split: str | None = None) -> list[dict]:

@@ -15,6 +15,7 @@ process's data-iterator state, so a restarted run continues bit for bit.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
@@ -36,6 +37,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from camjax import models, sharding, train_data
+from camjax.errors import UserError
 from camjax.metrics_writer import MetricsWriter
 
 log = logging.getLogger("camjax.train")
@@ -45,7 +47,10 @@ CHECKPOINT_DIR = "checkpoints"
 
 
 class NonFiniteLossError(RuntimeError):
-  """The loss became NaN or Inf; no checkpoint is written after it."""
+  """The loss, the gradient norm or the updated parameters of a step became NaN or Inf.
+
+  The step's state is never saved: the newest checkpoint stays the last good one.
+  """
 
 
 # ----------------------------------------------------------------------------- model <-> pytrees
@@ -123,7 +128,7 @@ def _matches(patterns, path: str) -> bool:
 def _check_patterns(patterns, paths: list[str], field: str) -> None:
   for pattern in patterns:
     if not any(re.fullmatch(pattern, p) for p in paths):
-      raise ValueError(f"{field} pattern {pattern!r} matches no parameter (e.g. {paths[0]!r}); fix --config.{field}")
+      raise UserError(f"{field} pattern {pattern!r} matches no parameter (e.g. {paths[0]!r}); fix --config.{field}")
 
 
 def param_labels(params: dict, config: Any) -> dict:
@@ -158,7 +163,8 @@ def make_schedule(opt: Any, num_steps: int) -> optax.Schedule:
   elif opt.schedule == "cosine":
     main = optax.cosine_decay_schedule(opt.lr, max(1, num_steps - opt.warmup_steps))
   else:
-    raise ValueError(f"optimizer.schedule must be constant, step or cosine, got {opt.schedule!r}")
+    raise UserError(f"optimizer.schedule={opt.schedule!r} is unknown; set --config.optimizer.schedule to "
+                    "constant, step or cosine")
   if opt.warmup_steps > 0:
     warm = optax.linear_schedule(0.0, opt.lr, opt.warmup_steps)
     return optax.join_schedules([warm, main], [opt.warmup_steps])
@@ -178,7 +184,7 @@ def make_optimizer(config: Any, params: dict, num_steps: int) -> tuple[optax.Gra
       return optax.adam(lr)
     if opt.name == "adamw":
       return optax.adamw(lr, weight_decay=opt.weight_decay, mask=decay_mask)
-    raise ValueError(f"optimizer.name must be sgd, adam or adamw, got {opt.name!r}")
+    raise UserError(f"optimizer.name={opt.name!r} is unknown; set --config.optimizer.name to sgd, adam or adamw")
 
   parts = []
   if opt.grad_clip_norm > 0:
@@ -205,20 +211,30 @@ def pretrained_format(config: Any) -> str | None:
   if fmt == "auto":
     return "torchvision" if path.endswith(TORCH_SUFFIXES) else "camjax"
   if fmt not in ("camjax", "torchvision"):
-    raise ValueError(f"pretrained.format must be auto, camjax or torchvision, got {fmt!r}")
+    raise UserError(f"pretrained.format={fmt!r} is unknown; set --config.pretrained.format to auto, camjax "
+                    "or torchvision")
   return fmt
+
+
+def _saved_steps(directory: str) -> list[int]:
+  """The step numbers of the checkpoint dirs in ``directory`` (orbax names them by the bare number)."""
+  return sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
 
 
 def _find_state_dir(path: str) -> str:
   """The 'state' item of a checkpoint given a workdir, its checkpoints dir, or one step dir."""
+  given = path
   path = os.path.abspath(os.path.expanduser(path))
+  if not os.path.exists(path):
+    raise UserError(f"pretrained.path={given} does not exist; fix --config.pretrained.path")
   if os.path.isdir(os.path.join(path, "state")):
     return os.path.join(path, "state")
   for base in (os.path.join(path, CHECKPOINT_DIR), path):
-    steps = [int(d) for d in os.listdir(base) if d.isdigit()] if os.path.isdir(base) else []
+    steps = _saved_steps(base)
     if steps:
-      return os.path.join(base, str(max(steps)), "state")
-  raise ValueError(f"pretrained.path={path!r} holds no camjax checkpoint; give a workdir or a checkpoint step dir")
+      return os.path.join(base, str(steps[-1]), "state")
+  raise UserError(f"pretrained.path={given} holds no camjax checkpoint; set --config.pretrained.path to a "
+                  "training workdir, its checkpoints dir or one checkpoint step dir")
 
 
 def read_checkpoint_arrays(state_dir: str) -> dict:
@@ -247,12 +263,12 @@ def load_pretrained(config: Any, params: dict, batch_stats: dict) -> tuple[dict,
       if not _matches(config.pretrained.load, name) or _matches(config.pretrained.skip, name):
         return value
       if name not in source:
-        raise ValueError(f"pretrained checkpoint {state_dir} has no {group} {name!r}; "
-                         "add it to --config.pretrained.skip")
+        raise UserError(f"pretrained checkpoint {state_dir} has no {group} {name!r}; "
+                        "add it to --config.pretrained.skip")
       new = np.asarray(source[name])
       if new.shape != np.shape(value):
-        raise ValueError(f"pretrained {group} {name!r} has shape {new.shape}, the model {np.shape(value)}; "
-                         "add it to --config.pretrained.skip")
+        raise UserError(f"pretrained {group} {name!r} has shape {new.shape}, the model {np.shape(value)}; "
+                        "add it to --config.pretrained.skip")
       loaded.append(f"{group}/{name}")
       return new.astype(np.asarray(value).dtype)
 
@@ -260,11 +276,38 @@ def load_pretrained(config: Any, params: dict, batch_stats: dict) -> tuple[dict,
 
   params, batch_stats = copy("params", params), copy("batch_stats", batch_stats)
   if not loaded:
-    raise ValueError(f"pretrained.load={tuple(config.pretrained.load)} copied nothing from {state_dir}")
+    raise UserError(f"pretrained.load={tuple(config.pretrained.load)} copied nothing from {state_dir}; "
+                    "fix --config.pretrained.load (or pretrained.skip)")
   return params, batch_stats, loaded
 
 
 # ----------------------------------------------------------------------------- train step
+
+
+def _nonfinite_arrays(tree: Any) -> dict:
+  """How many arrays of ``tree`` hold a NaN or Inf, and the leaf index of the first (scalars, inside jit).
+
+  One boolean per array instead of a global norm: a norm overflows to Inf for
+  large but finite weights.
+  """
+  leaves = jax.tree.leaves(tree)
+  if not leaves:
+    return {"count": jnp.zeros((), jnp.int32), "first": jnp.zeros((), jnp.int32)}
+  bad = jnp.stack([jnp.logical_not(jnp.all(jnp.isfinite(x))) for x in leaves])
+  return {"count": jnp.sum(bad, dtype=jnp.int32), "first": jnp.argmax(bad).astype(jnp.int32)}
+
+
+def nonfinite_message(metrics: dict, param_paths: list[str], stats_paths: list[str]) -> str | None:
+  """What went NaN or Inf in one step's host metrics (``loss``, ``grad_norm``, ``nonfinite``), or None."""
+  found = [f"{name} is {float(metrics[name])}" for name in ("loss", "grad_norm") if not np.isfinite(metrics[name])]
+  groups = (("params", param_paths, "parameters"), ("batch_stats", stats_paths, "BatchNorm statistics"))
+  for group, paths, what in groups:
+    report = metrics["nonfinite"][group]
+    count = int(report["count"])
+    if count:
+      first = paths[int(report["first"])] if int(report["first"]) < len(paths) else "?"
+      found.append(f"the updated {what} hold NaN/Inf in {count} of {len(paths)} arrays (e.g. {group}/{first})")
+  return ", ".join(found) or None
 
 
 def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, schedule: optax.Schedule,
@@ -312,10 +355,13 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, sched
       grads = jax.tree.map(lambda g: g / accum, grads)
       loss = loss / accum
     updates, opt_state = tx.update(grads, state["opt_state"], params)
-    new_state = {"step": step + 1, "params": optax.apply_updates(params, updates), "batch_stats": stats,
-                 "other": other, "opt_state": opt_state}
+    new_params = optax.apply_updates(params, updates)
+    new_state = {"step": step + 1, "params": new_params, "batch_stats": stats, "other": other,
+                 "opt_state": opt_state}
+    # A few scalars for the host's guard: the loop never saves a state whose report is not clean.
+    nonfinite = {"params": _nonfinite_arrays(new_params), "batch_stats": _nonfinite_arrays(stats)}
     metrics = {"loss": loss, "accuracy": correct / labels.shape[0], "learning_rate": schedule(step),
-               "grad_norm": optax.global_norm(grads)}
+               "grad_norm": optax.global_norm(grads), "nonfinite": nonfinite}
     return new_state, metrics
 
   return step_fn
@@ -329,16 +375,22 @@ def checkpoint_dir(workdir: str) -> str:
 
 
 class Checkpoints:
-  """Orbax CheckpointManager over ``WORKDIR/checkpoints``: async saves, keep K, skip corrupt steps."""
+  """Orbax CheckpointManager over ``WORKDIR/checkpoints``: async saves, keep K, skip corrupt steps.
 
-  def __init__(self, workdir: str, *, keep: int, asynchronous: bool = True):
+  ``read_only=True`` (evaluation) neither creates the directory nor cleans up
+  unfinished saves (orbax's own ``read_only`` option does too, but logs three
+  warnings each time). Always ``close()`` it, also on errors: see ``close``.
+  """
+
+  def __init__(self, workdir: str, *, keep: int, asynchronous: bool = True, read_only: bool = False):
     self.workdir = os.path.abspath(workdir)
     self.directory = checkpoint_dir(workdir)
-    self._keep, self._async = keep, asynchronous
+    self._keep, self._async, self._read_only = keep, asynchronous, read_only
     self.manager = self._open()
 
   def _open(self) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=self._keep, create=True, cleanup_tmp_directories=True,
+    options = ocp.CheckpointManagerOptions(max_to_keep=self._keep, create=not self._read_only,
+                                           cleanup_tmp_directories=not self._read_only,
                                            enable_async_checkpointing=self._async)
     handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler()}
     return ocp.CheckpointManager(self.directory, item_names=("state", "data"), item_handlers=handlers,
@@ -382,8 +434,9 @@ class Checkpoints:
     for step in sorted(self.manager.all_steps(), reverse=True):
       why = self.mismatch(step, abstract_state)
       if why is not None:
-        raise ValueError(f"the checkpoint at step {step} in {self.directory} was written by another config ({why}); "
-                         f"run with the config that wrote it (saved in {os.path.join(self.workdir, 'config.json')})")
+        raise UserError(f"the checkpoint at step {step} in {self.directory} was written by another config ({why}); "
+                        f"run with the config that wrote it (saved in {os.path.join(self.workdir, 'config.json')}) "
+                        "or choose another --workdir")
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
@@ -410,10 +463,22 @@ class Checkpoints:
           shutil.move(src, os.path.join(target, f"{step}-{int(time.time())}"))
           log.warning("moved unreadable checkpoint %s to %s", src, target)
     sharding.sync("camjax_set_aside_checkpoints")
-    self.manager.close()
+    self.close()
     self.manager = self._open()
 
   def close(self) -> None:
+    """Wait for the saves in flight and for the manager's clean-up of unfinished saves, then close.
+
+    The manager starts that clean-up on a thread when it opens and waits for it
+    only before its first save; ``CheckpointManager.close`` does not. A run that
+    ends without saving (an error, ``--mode=eval``) would otherwise exit while
+    the thread still runs, and it fails at interpreter shutdown ("cannot
+    schedule new futures after interpreter shutdown"). The hook is private:
+    orbax has no public call that waits for it.
+    """
+    await_cleanup = getattr(self.manager, "_maybe_await_cleanup_tmp_directory", None)
+    if await_cleanup is not None:
+      await_cleanup()
     self.manager.wait_until_finished()
     self.manager.close()
 
@@ -506,90 +571,118 @@ def train(config: Any, workdir: str, *, devices: list | None = None) -> TrainRes
   sharding.host_local_batch_size(config.training.global_batch_size, mesh)  # fails early when it does not split
   accum = config.training.grad_accum_steps
   if accum < 1 or (config.training.global_batch_size // mesh.shape[sharding.DATA]) % accum:
-    raise ValueError(f"training.grad_accum_steps={accum} must divide the per-device batch "
-                     f"{config.training.global_batch_size // mesh.shape[sharding.DATA]}")
+    raise UserError(f"training.grad_accum_steps={accum} does not divide the per-device batch "
+                    f"{config.training.global_batch_size // mesh.shape[sharding.DATA]}; change one of them")
   num_steps = train_data.steps_for(config)
-  checkpoints = Checkpoints(workdir, keep=config.training.keep_checkpoints)
-  resuming = checkpoints.latest_step() is not None
-  state, shardings, model_def, tx, schedule = init_state(config, mesh, num_steps, pretrained=not resuming)
-  abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
-
-  iterator = train_data.train_iterator(config, process_index=jax.process_index(), process_count=jax.process_count())
-  restored = checkpoints.restore_latest(abstract_state)
-  if restored is not None:
-    step0, state, data = restored
-    _restore_data(iterator, data, step0)
-    log.info("resumed from checkpoint at step %d in %s", step0, checkpoints.directory)
-  start = int(jax.device_get(state["step"]))
-
-  step_fn = make_train_step(model_def, tx, schedule, config, mesh)
-  batch_shardings = {"image": sharding.batch_sharding(mesh), "label": sharding.batch_sharding(mesh)}
-  train_step = jax.jit(step_fn, in_shardings=(shardings, batch_shardings),
-                       out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
-
   is_main = jax.process_index() == 0
-  writer = MetricsWriter(workdir, enabled=is_main)
-  progress = _progress(config, start, num_steps, enabled=is_main)
-  pending: list[tuple[int, dict]] = []  # (step number, device metrics) not yet checked / logged
-  checked: list[tuple[int, dict]] = []
-  last_time, last_step = time.perf_counter(), start
+  began = time.perf_counter()
   preempted = False
+  # Everything opened from here on is closed in reverse order, whatever stops the run.
+  with contextlib.ExitStack() as closing:
+    checkpoints = Checkpoints(workdir, keep=config.training.keep_checkpoints)
+    closing.callback(checkpoints.close)
+    resuming = checkpoints.latest_step() is not None
+    state, shardings, model_def, tx, schedule = init_state(config, mesh, num_steps, pretrained=not resuming)
+    abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
+    param_paths, stats_paths = flat_paths(state["params"]), flat_paths(state["batch_stats"])
 
-  def check_pending() -> None:
-    while pending:
-      number, metrics = pending.pop(0)
-      host = jax.device_get(metrics)
-      if not np.isfinite(host["loss"]):
-        checkpoints.wait()
-        good = checkpoints.latest_step()
-        raise NonFiniteLossError(
-            f"loss is {float(host['loss'])} at step {number}; stopped without saving "
-            f"(last good checkpoint: step {good} in {checkpoints.directory}). Lower --config.optimizer.lr "
-            "or check the data")
-      checked.append((number, host))
+    iterator = train_data.train_iterator(config, process_index=jax.process_index(),
+                                         process_count=jax.process_count())
+    if hasattr(iterator, "close"):
+      closing.callback(iterator.close)
+    restored = checkpoints.restore_latest(abstract_state)
+    saved = None
+    if restored is not None:
+      saved, state, data = restored
+      _restore_data(iterator, data, saved)
+      log.info("resumed from checkpoint at step %d in %s", saved, checkpoints.directory)
+    start = done = int(jax.device_get(state["step"]))
 
-  with _Preemption() as preemption:
-    try:
-      for step in range(start, num_steps):
-        local = next(iterator)
-        batch = sharding.global_batch(mesh, {"image": local["image"], "label": local["label"]})
-        state, metrics = train_step(state, batch)
-        check_pending()  # the previous step's loss: one step stays in flight
-        pending.append((step + 1, metrics))
-        done = step + 1
-        if config.training.debug_step_delay > 0:
-          time.sleep(config.training.debug_step_delay)
-        progress.update(1)
-        if done % config.training.log_every == 0 or done == num_steps:
-          check_pending()
-          now = time.perf_counter()
-          scalars = {k: float(np.mean([m[k] for _, m in checked])) for k in checked[0][1]}
-          scalars["images_per_second"] = (done - last_step) * config.training.global_batch_size / max(now - last_time, 1e-9)
-          writer.write(done, scalars)
-          progress.set_postfix(loss=f"{scalars['loss']:.4f}", acc=f"{scalars['accuracy']:.3f}")
-          checked.clear()
-          last_time, last_step = now, done
-        if jax.process_count() == 1 or done % config.training.preemption_check_every == 0:
-          preempted = sharding.any_process(preemption.flag)  # a collective: every process stops together
-        if done % config.training.checkpoint_every == 0 or done == num_steps or preempted:
-          check_pending()
-          checkpoints.save(done, state, sharding.gather_json(iterator.get_state()))
-        if preempted:
+    step_fn = make_train_step(model_def, tx, schedule, config, mesh)
+    batch_shardings = {"image": sharding.batch_sharding(mesh), "label": sharding.batch_sharding(mesh)}
+    train_step = jax.jit(step_fn, in_shardings=(shardings, batch_shardings),
+                         out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+
+    # Records past ``start`` come from a run that went further before it stopped: this run writes them again.
+    writer = closing.enter_context(MetricsWriter(workdir, enabled=is_main, resume_step=start))
+    progress = _progress(config, start, num_steps, enabled=is_main)
+    closing.callback(progress.close)
+    pending: list[tuple[int, dict]] = []  # (step number, device metrics) not yet checked / logged
+    checked: list[tuple[int, dict]] = []
+    last: dict | None = None  # the host metrics of the newest checked step
+    last_time, last_step = time.perf_counter(), start
+
+    def check_pending() -> None:
+      """Fetch the metrics in flight; stop on a step whose loss, gradient or new parameters are not finite.
+
+      Called before every save, so a non-finite state is never written.
+      """
+      nonlocal last
+      while pending:
+        number, metrics = pending.pop(0)
+        host = jax.device_get(metrics)
+        what = nonfinite_message(host, param_paths, stats_paths)
+        if what is not None:
           checkpoints.wait()
-          log.warning("SIGTERM received: saved a checkpoint at step %d in %s; rerun the same command to resume",
-                      done, checkpoints.directory)
-          if is_main:
-            print(f"camjax: preempted at step {done}; checkpoint saved in {checkpoints.directory}; "
-                  "rerun the same command to resume", flush=True)
-          break
-    finally:
-      progress.close()
-      writer.close()
-      checkpoints.close()
-      if hasattr(iterator, "close"):
-        iterator.close()
+          good = checkpoints.latest_step()
+          kept = "no checkpoint was saved" if good is None else f"last good checkpoint: step {good}"
+          raise NonFiniteLossError(
+              f"non-finite values at step {number}: {what}; stopped without saving that step "
+              f"({kept} in {checkpoints.directory}). Lower --config.optimizer.lr, set "
+              "--config.optimizer.grad_clip_norm, or check the data")
+        del host["nonfinite"]
+        checked.append((number, host))
+        last = host
+
+    preemption = closing.enter_context(_Preemption())
+    for step in range(start, num_steps):
+      local = next(iterator)
+      batch = sharding.global_batch(mesh, {"image": local["image"], "label": local["label"]})
+      state, metrics = train_step(state, batch)
+      check_pending()  # the previous step's metrics: one step stays in flight
+      pending.append((step + 1, metrics))
+      done = step + 1
+      if config.training.debug_step_delay > 0:
+        time.sleep(config.training.debug_step_delay)
+      progress.update(1)
+      if done % config.training.log_every == 0 or done == num_steps:
+        check_pending()
+        now = time.perf_counter()
+        scalars = {k: float(np.mean([m[k] for _, m in checked])) for k in checked[0][1]}
+        images = (done - last_step) * config.training.global_batch_size
+        scalars["images_per_second"] = images / max(now - last_time, 1e-9)
+        writer.write(done, scalars)
+        progress.set_postfix(loss=f"{scalars['loss']:.4f}", acc=f"{scalars['accuracy']:.3f}")
+        checked.clear()
+        last_time, last_step = now, done
+      if jax.process_count() == 1 or done % config.training.preemption_check_every == 0:
+        preempted = sharding.any_process(preemption.flag)  # a collective: every process stops together
+      if done % config.training.checkpoint_every == 0 or done == num_steps or preempted:
+        check_pending()  # never save a state that went non-finite
+        checkpoints.save(done, state, sharding.gather_json(iterator.get_state()))
+        saved = done
+      if preempted:
+        checkpoints.wait()
+        log.warning("SIGTERM received: saved a checkpoint at step %d in %s; rerun the same command to resume",
+                    done, checkpoints.directory)
+        if is_main:
+          print(f"camjax: preempted at step {done}; checkpoint saved in {checkpoints.directory}; "
+                "rerun the same command to resume", flush=True)
+        break
+  if is_main and not preempted and not config.training.progress_bar:
+    print(_summary(start, done, time.perf_counter() - began, last, saved, checkpoints.directory), flush=True)
   return TrainResult(state=state, model_def=model_def, mesh=mesh, step=int(jax.device_get(state["step"])),
                      num_steps=num_steps, preempted=preempted)
+
+
+def _summary(start: int, done: int, seconds: float, last: dict | None, saved: int | None, directory: str) -> str:
+  """The line a run without a progress bar ends with: steps, time, final loss and accuracy, newest checkpoint."""
+  text = f"camjax: trained {done - start} steps (from {start}) in {seconds:.1f} s"
+  if last is not None:
+    text += f"; final loss {float(last['loss']):.4f}, accuracy {float(last['accuracy']):.3f}"
+  if saved is not None:
+    text += f"; checkpoint step {saved} in {directory}"
+  return text
 
 
 def _progress(config: Any, start: int, total: int, *, enabled: bool):
@@ -600,17 +693,27 @@ def _progress(config: Any, start: int, total: int, *, enabled: bool):
 
 
 def restore_for_eval(config: Any, workdir: str) -> TrainResult:
-  """The newest checkpoint of ``workdir`` as a TrainResult (for ``--mode=eval``)."""
+  """The newest checkpoint of ``workdir`` as a TrainResult (for ``--mode=eval``).
+
+  A workdir without a checkpoint is a UserError, found before orbax opens
+  anything. Opening the checkpoints creates nothing and leaves unfinished saves
+  of a running job alone.
+  """
+  directory = checkpoint_dir(workdir)
+  if not _saved_steps(directory):
+    raise UserError(f"no checkpoint in {directory}; train first with --mode=train (or --mode=train_and_eval), "
+                    "or point --workdir at a trained run")
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model)
   num_steps = max(1, config.training.num_steps)
   state, shardings, model_def, _, _ = init_state(config, mesh, num_steps, pretrained=False)
   abstract_state = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings)
-  checkpoints = Checkpoints(workdir, keep=config.training.keep_checkpoints)
+  checkpoints = Checkpoints(workdir, keep=config.training.keep_checkpoints, read_only=True)
   try:
     restored = checkpoints.restore_latest(abstract_state)
   finally:
     checkpoints.close()
   if restored is None:
-    raise ValueError(f"no checkpoint in {checkpoint_dir(workdir)}; train first with --mode=train")
+    raise UserError(f"no readable checkpoint in {directory} (the unreadable ones were moved to "
+                    f"{os.path.join(os.path.abspath(workdir), 'corrupt_checkpoints')}); train again with --mode=train")
   step, state, _ = restored
   return TrainResult(state=state, model_def=model_def, mesh=mesh, step=step, num_steps=num_steps)

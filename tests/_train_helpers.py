@@ -92,7 +92,20 @@ def assert_bitwise_equal(a: dict, b: dict) -> None:
 
 
 def losses(workdir: str) -> dict[int, float]:
-  """Loss per step from metrics.jsonl (the last record wins when a resumed run repeats a step)."""
+  """Loss per step from metrics.jsonl; a resumed run drops the records past its restored step, so the
+  train records must have increasing steps, each once."""
   from camjax.metrics_writer import read_metrics
 
-  return {r["step"]: r["loss"] for r in read_metrics(workdir, "train")}
+  records = read_metrics(workdir, "train")
+  steps = [r["step"] for r in records]
+  assert steps == sorted(set(steps)), f"train steps repeat or go back in {workdir}: {steps}"
+  return {r["step"]: r["loss"] for r in records}
+
+
+def tensorboard_steps(workdir: str, tag: str = "train/loss") -> list[int]:
+  """The steps TensorBoard shows for ``tag`` (it hides events an event file's purge_step marks as redone)."""
+  from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+  events = EventAccumulator(os.path.join(workdir, "tensorboard"), size_guidance={"scalars": 0})
+  events.Reload()
+  return [e.step for e in events.Scalars(tag)]

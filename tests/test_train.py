@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import glob
 import json
+import math
 import os
+import re
 import shutil
 import signal
 
@@ -16,7 +18,8 @@ import pytest
 
 import _train_helpers as h
 from camjax import sharding, train
-from camjax.metrics_writer import read_metrics
+from camjax.errors import UserError
+from camjax.metrics_writer import MetricsWriter, read_metrics
 
 
 tiny = h.tiny
@@ -68,8 +71,16 @@ def test_pattern_that_matches_nothing_is_an_error():
   c = tiny(**{"optimizer.new_layer_patterns": ("classifer/.*",)})
   model = train.build_model(c)
   params, _, _ = train.ModelDef(model).split(model)
-  with pytest.raises(ValueError, match="matches no parameter"):
+  with pytest.raises(UserError, match="matches no parameter"):
     train.param_labels(params, c)
+
+
+def test_unknown_schedule_or_optimizer_is_a_user_error_naming_the_flag():
+  params = {"conv": {"kernel": jnp.ones((2,))}}
+  with pytest.raises(UserError, match=r"--config\.optimizer\.schedule to constant, step or cosine"):
+    train.make_schedule(tiny(**{"optimizer.schedule": "linear"}).optimizer, 10)
+  with pytest.raises(UserError, match=r"--config\.optimizer\.name to sgd, adam or adamw"):
+    train.make_optimizer(tiny(**{"optimizer.name": "lion", "optimizer.new_layer_patterns": ()}), params, 10)
 
 
 # ---------------------------------------------------------------- the step
@@ -125,9 +136,15 @@ def test_metrics_files_and_nan_guard(tmp_path):
   assert glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
 
 
-def test_pretrained_load_and_freeze(tmp_path):
-  source = str(tmp_path / "source")
-  train.train(tiny(**{"training.num_steps": 2}), source, devices=jax.devices()[:1])
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+  """A finished two-step run of the tiny config (checkpoints at step 2)."""
+  workdir = str(tmp_path_factory.mktemp("source"))
+  train.train(tiny(**{"training.num_steps": 2}), workdir, devices=jax.devices()[:1])
+  return workdir
+
+
+def test_pretrained_load_and_freeze(source, tmp_path):
   c = tiny(**{"training.num_steps": 2, "training.seed": 7, "pretrained.path": source,
               "pretrained.skip": ("head/.*",), "pretrained.freeze": ("blocks/0/.*",)})
   result = train.train(c, str(tmp_path / "target"), devices=jax.devices()[:1])
@@ -137,6 +154,85 @@ def test_pretrained_load_and_freeze(tmp_path):
   assert not np.array_equal(after["blocks/1/conv/kernel"], before["params/blocks/1/conv/kernel"])  # loaded, trained
 
 
+def test_pretrained_path_errors_say_what_to_change(source, tmp_path):
+  def load(**changes):
+    c = tiny(**{"pretrained.path": source, **changes})
+    model = train.build_model(c)
+    params, stats, _ = train.ModelDef(model).split(model)
+    train.load_pretrained(c, params, stats)
+
+  missing = str(tmp_path / "no_such_run")
+  with pytest.raises(UserError, match=f"pretrained.path={re.escape(missing)} does not exist; fix --config.pretrained"):
+    load(**{"pretrained.path": missing})
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(UserError, match="holds no camjax checkpoint; set --config.pretrained.path"):
+    load(**{"pretrained.path": str(tmp_path / "empty")})
+  with pytest.raises(UserError, match=r"'head/classifier/kernel' has shape \(8, 4\), the model \(8, 5\); add it to "
+                                      r"--config.pretrained.skip"):
+    load(**{"model.num_classes": 5})
+
+
+def test_resuming_a_checkpoint_of_another_config_is_a_user_error(source, tmp_path):
+  workdir = str(tmp_path / "other")
+  shutil.copytree(source, workdir)
+  with pytest.raises(UserError, match="written by another config .*; run with the config that wrote it"):
+    train.train(tiny(**{"training.num_steps": 4, "model.num_classes": 5}), workdir, devices=jax.devices()[:1])
+  assert h.checkpoint_steps(workdir) == [2]
+
+
+def test_grad_accum_that_does_not_divide_the_batch_is_a_user_error(tmp_path):
+  with pytest.raises(UserError, match="grad_accum_steps=3 does not divide the per-device batch 8; change one"):
+    train.train(tiny(**{"training.grad_accum_steps": 3}), str(tmp_path / "accum"), devices=jax.devices()[:1])
+
+
+def test_a_nan_at_the_last_step_is_not_saved_by_the_final_save(tmp_path):
+  workdir = str(tmp_path / "last")
+  with pytest.raises(train.NonFiniteLossError, match="at step 4: loss is nan, grad_norm is nan, the updated param"):
+    train.train(tiny(**{"training.debug_nan_at_step": 4, "training.num_steps": 4}), workdir,
+                devices=jax.devices()[:1])
+  assert h.checkpoint_steps(workdir) == [2]
+
+
+def test_a_resumed_run_drops_the_metrics_past_its_checkpoint(tmp_path):
+  """A run stopped after logging step 4 but before its checkpoint 4 landed resumes at 2: steps 3 and 4
+  are logged again, and metrics.jsonl and TensorBoard keep one value per step."""
+  workdir = str(tmp_path / "resumed")
+  devices = jax.devices()[:1]
+  train.train(tiny(**{"training.num_steps": 4}), workdir, devices=devices)
+  shutil.rmtree(os.path.join(workdir, "checkpoints", "4"))
+  with MetricsWriter(workdir) as writer:  # an eval of the lost step 4: gone too
+    writer.write(4, {"top1": 1.0}, split="eval")
+  train.train(tiny(**{"training.num_steps": 6}), workdir, devices=devices)
+  assert [r["step"] for r in read_metrics(workdir)] == [1, 2, 3, 4, 5, 6]
+  assert list(h.losses(workdir)) == [1, 2, 3, 4, 5, 6]
+  assert h.tensorboard_steps(workdir) == [1, 2, 3, 4, 5, 6]
+
+
+def test_metrics_writer_resume_step_keeps_earlier_records_in_order(tmp_path):
+  workdir = str(tmp_path)
+  with MetricsWriter(workdir, tensorboard=False) as writer:
+    for step in range(1, 14):
+      writer.write(step, {"loss": float(step)})
+    writer.write(8, {"top1": 50.0}, split="eval")
+  with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+    f.write('{"step": 14, "split": "tr')  # a write cut short by a kill
+  with MetricsWriter(workdir, tensorboard=False, resume_step=8) as writer:
+    for step in range(9, 12):
+      writer.write(step, {"loss": 100.0 + step})
+  records = read_metrics(workdir)
+  assert [(r["step"], r["split"]) for r in records] == [(s, "train") for s in range(1, 9)] + [(8, "eval")] + [
+      (s, "train") for s in range(9, 12)]
+  assert [r["loss"] for r in read_metrics(workdir, "train")] == [*range(1, 9), 109.0, 110.0, 111.0]
+  assert not [n for n in os.listdir(workdir) if n != "metrics.jsonl"]  # no temporary file left behind
+
+
+def test_restore_for_eval_without_a_checkpoint_is_a_user_error_and_creates_nothing(tmp_path):
+  workdir = str(tmp_path / "empty")
+  with pytest.raises(UserError, match="no checkpoint in .*; train first with --mode=train"):
+    train.restore_for_eval(tiny(), workdir)
+  assert not os.path.exists(workdir)
+
+
 # ---------------------------------------------------------------- faults (subprocesses, bitwise on the CPU)
 
 STEPS = ["--config.training.num_steps=8"]
@@ -144,12 +240,70 @@ SLOW = [*STEPS, "--config.training.debug_step_delay=0.4"]
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference_run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("reference"))
   proc = h.run(h.cli(workdir, *STEPS))
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert h.checkpoint_steps(workdir) == [2, 4, 6, 8]
-  return workdir
+  return workdir, proc
+
+
+@pytest.fixture(scope="module")
+def reference(reference_run):
+  return reference_run[0]
+
+
+def test_a_run_without_progress_bar_ends_with_a_summary_line(reference_run):
+  workdir, proc = reference_run
+  summary = re.fullmatch(r"camjax: trained 8 steps \(from 0\) in ([0-9.]+) s; final loss ([0-9.]+), "
+                         r"accuracy ([0-9.]+); checkpoint step 8 in (\S+)", proc.stdout.strip().splitlines()[-1])
+  assert summary, proc.stdout
+  last = read_metrics(workdir, "train")[-1]
+  assert last["step"] == 8
+  assert float(summary[2]) == round(last["loss"], 4) and float(summary[3]) == round(last["accuracy"], 3)
+  assert summary[4] == os.path.join(workdir, "checkpoints")
+
+
+def test_nonfinite_gradients_and_parameters_stop_before_saving_with_exit_3(reference, tmp_path):
+  """lr=1e30 from step 4: the loss stays finite (log 4) while the gradient norm and weights go NaN."""
+  workdir = str(tmp_path / "diverged")
+  shutil.copytree(reference, workdir)
+  for step in (6, 8):
+    shutil.rmtree(os.path.join(workdir, "checkpoints", str(step)))
+  proc = h.run(h.cli(workdir, *STEPS, "--config.optimizer.lr=1e30"))
+  assert proc.returncode == 3, proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr
+  stopped = [line for line in proc.stderr.splitlines() if line.startswith("camjax: stopped: ")]
+  assert len(stopped) == 1, proc.stderr[-3000:]
+  found = re.search(r"non-finite values at step (\d+): (.*); stopped without saving that step "
+                    r"\(last good checkpoint: step 4 in ", stopped[0])
+  assert found, stopped[0]
+  assert int(found[1]) > 4
+  assert "loss is" not in found[2]  # a guard on the loss alone would have saved this step
+  assert "grad_norm is nan" in found[2] and "the updated parameters hold NaN/Inf" in found[2]
+  assert h.checkpoint_steps(workdir) == [2, 4]
+  assert all(np.isfinite(v).all() for v in h.read_state(workdir).values() if v.dtype.kind == "f")
+  assert all(math.isfinite(r["grad_norm"]) and math.isfinite(r["loss"]) for r in read_metrics(workdir, "train"))
+
+
+def test_eval_without_a_checkpoint_prints_one_line_every_time(tmp_path):
+  for attempt in range(3):
+    workdir = str(tmp_path / f"empty{attempt}")
+    proc = h.run(h.cli(workdir, mode="eval"))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("camjax: error: ")]
+    assert len(errors) == 1 and "no checkpoint in" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr and "futures" not in proc.stderr, proc.stderr
+
+
+def test_resuming_with_another_config_exits_2_with_one_line(reference, tmp_path):
+  workdir = str(tmp_path / "other")
+  shutil.copytree(reference, workdir)
+  proc = h.run(h.cli(workdir, *STEPS, "--config.model.num_classes=5"))
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("camjax: error: ")]
+  assert len(errors) == 1 and "written by another config" in errors[0], proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr and "futures" not in proc.stderr, proc.stderr[-3000:]
 
 
 def test_sigterm_then_sigkill_then_resume_is_bitwise_identical(reference, tmp_path):
@@ -173,6 +327,8 @@ def test_sigterm_then_sigkill_then_resume_is_bitwise_identical(reference, tmp_pa
   proc = h.run(h.cli(workdir, *STEPS))
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "resumed from checkpoint" in proc.stderr
+  resumed = int(re.search(r"resumed from checkpoint at step (\d+)", proc.stderr)[1])
+  assert f"camjax: trained {8 - resumed} steps (from {resumed}) in " in proc.stdout
   assert h.checkpoint_steps(workdir)[-1] == 8
   h.assert_bitwise_equal(h.read_state(workdir), h.read_state(reference))
   assert h.losses(workdir) == h.losses(reference)
