@@ -11,7 +11,9 @@ cannot be parsed prints ``camjax: error: <what to change>`` on stderr and exits
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import re
 import sys
 import traceback
 from typing import Callable, NoReturn, Sequence
@@ -58,10 +60,37 @@ def report(error: BaseException) -> int:
   return EXIT_USER_ERROR
 
 
+# jax probes every backend it knows (e.g. 'tpu') and logs each one that cannot start on this machine.
+_BACKEND_LOGGER = "jax._src.xla_bridge"
+_BACKEND_PROBE = "Unable to initialize backend"
+
+
+class _BackendProbeFilter(logging.Filter):
+  """Drops jax's INFO line about a backend it probed and could not start, e.g. 'tpu' on a CPU-only machine.
+
+  Only the quiet probe is dropped (jax logs it below WARNING and goes on with the
+  backends it found); a platform named in ``JAX_PLATFORMS`` that fails still raises.
+  ``--verbose`` keeps the line.
+  """
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno >= logging.WARNING or verbose():
+      return True
+    return not record.getMessage().startswith(_BACKEND_PROBE)
+
+
+def quiet_backend_probe() -> None:
+  """Silence jax's 'Unable to initialize backend' probe messages (installed once, by every command)."""
+  logger = logging.getLogger(_BACKEND_LOGGER)
+  if not any(isinstance(f, _BackendProbeFilter) for f in logger.filters):
+    logger.addFilter(_BackendProbeFilter())
+
+
 def guard(work: Callable[[], int | None]) -> int:
   """Run a command's work; a user error becomes one line and exit 2, a bug keeps its traceback."""
   from absl import app as absl_app
 
+  quiet_backend_probe()
   try:
     return int(work() or 0)
   except (UserError, absl_app.UsageError) as e:
@@ -79,21 +108,47 @@ def parse_absl_flags(argv: Sequence[str]) -> list[str]:
   except flags.Error as e:
     sys.exit(report(UserError(f"{e}; run with --helpfull to list the flags")))
   except _FLAG_INPUT_ERRORS as e:
-    sys.exit(report(UserError(config_flag_message(e))))
+    sys.exit(report(UserError(config_flag_message(e, argv))))
 
 
-def config_flag_message(error: BaseException) -> str:
-  """One line for an error ml_collections raised while reading ``--config`` or a ``--config.x=y``."""
+def config_flag_message(error: BaseException, argv: Sequence[str] = ()) -> str:
+  """One line for an error ml_collections raised while reading ``--config`` or a ``--config.x=y``.
+
+  With the command line (``argv``), a misspelt field is named by its override
+  and the hint gives its whole dotted path: ``no config field model.nmae (in
+  --config.model.nmae=x); did you mean model.name?``.
+  """
   text = one_line(error)
   cause = error.__cause__ or error.__context__
   if isinstance(error, OSError) and cause is not None and "earlier failure" in text:
     text = one_line(cause)
   if isinstance(error, (KeyError, AttributeError)):
-    return f"no config field {text}; fix the --config.* override"
+    return _unknown_field_message(text, argv) or f"no config field {text}; fix the --config.* override"
   if isinstance(error, OSError) and "No such file or directory" in str(cause or error):
     path = str(cause or error).rsplit("No such file or directory:", 1)[-1].strip(" '\"\n")
     return f"config file {path} does not exist; fix --config"
   return f"{text}; fix --config"
+
+
+def _unknown_field_message(text: str, argv: Sequence[str]) -> str | None:
+  """``no config field a.b (in --config.a.b=v); did you mean a.c?`` from ml_collections' KeyError text."""
+  missing = re.match(r"'([^']+)'", text)
+  if missing is None:
+    return None
+  hint = re.search(r'[Dd]id you mean "([^"]+)"', text)
+  for arg in argv:
+    override = re.match(r"--?\w+\.([\w.]+)", arg)
+    if override is None:
+      continue
+    parts = override.group(1).split(".")
+    if missing.group(1) not in parts:
+      continue
+    at = parts.index(missing.group(1))
+    message = f"no config field {'.'.join(parts[:at + 1])} (in {arg})"
+    if hint:
+      return f"{message}; did you mean {'.'.join(parts[:at] + [hint.group(1)])}?"
+    return f"{message}; fix the override"
+  return None
 
 
 def config_value(name: str = "config"):
@@ -113,6 +168,7 @@ def run_absl(main: Callable[[list[str]], int | None]) -> NoReturn:
   """``absl.app.run`` with one-line user errors, for flag parsing and for ``main`` itself."""
   from absl import app as absl_app
 
+  quiet_backend_probe()
   absl_app.run(lambda argv: sys.exit(guard(lambda: main(argv))), flags_parser=parse_absl_flags)
   raise AssertionError("unreachable")  # absl_app.run always exits
 

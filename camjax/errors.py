@@ -15,3 +15,7 @@ from __future__ import annotations
 
 class UserError(ValueError):
   """Bad input a user can fix; the message is one line saying what to change."""
+
+
+class MissingFileError(UserError, FileNotFoundError):
+  """A file or folder the user must provide is not there; still a FileNotFoundError for library callers."""

@@ -11,13 +11,14 @@ when those are absent, from the TPU / SLURM environment JAX detects itself.
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
 import sys
 from typing import Any
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from camjax import app as camjax_app
@@ -39,6 +40,8 @@ camjax_app.define_verbose_flag()
 
 # Set to 1 by launch/tpu_pod.sh: call jax.distributed.initialize() and let JAX find its peers.
 DISTRIBUTED_ENV = "CAMJAX_DISTRIBUTED"
+# The config of the run that started the workdir (see run_config_path).
+CONFIG_FILE = "config.json"
 
 
 class ConfigError(UserError):
@@ -89,22 +92,41 @@ def validate_config(config: Any, *, num_devices: int | None = None, mode: str = 
     if mode != "train" and config.eval.batch_size % data:
       raise ConfigError(f"eval.batch_size={config.eval.batch_size} is not divisible by the {data} "
                         f"data-parallel devices; set it to a multiple of {data}")
+  data_sets = _data_set_names()
+  if config.data.name not in data_sets:
+    raise ConfigError(f"unknown data set {config.data.name!r}; set --config.data.name to one of: "
+                      f"{', '.join(data_sets)}")
   if config.data.name in ("ilsvrc2012_loc", "cub200_2011"):
     _check_manual_data(config)
 
 
+def _data_set_names() -> list[str]:
+  from camjax import data
+  from camjax.train_data import SYNTHETIC
+
+  return [*data.builder_names(), SYNTHETIC]
+
+
 def _check_manual_data(config: Any) -> None:
-  """ImageNet and CUB come from the user's download: fail early when neither it nor a prepared copy exists."""
+  """ImageNet and CUB come from the user's download: unless a prepared copy exists, name what is missing."""
   from camjax import data
 
   data_dir = os.path.expanduser(config.data.data_dir or data.default_data_dir())
-  prepared = os.path.isdir(os.path.join(data_dir, config.data.name))
-  if prepared:
+  manual = os.path.expanduser(config.data.manual_dir or data.default_manual_dir(data_dir))
+  try:
+    builder = data.get_builder(config.data.name, data_dir, config.data.builder_config or None)
+  except ValueError as e:
+    raise ConfigError(f"{e}; set --config.data.builder_config") from e
+  if (builder.data_path / "dataset_info.json").exists():
     return
-  manual = config.data.manual_dir or os.path.join(data_dir, "downloads", "manual")
-  if not os.path.isdir(os.path.expanduser(manual)):
+  if not os.path.isdir(manual):
     raise ConfigError(f"data set {config.data.name} is not prepared in {data_dir} and its manual download dir "
                       f"{manual} does not exist; download it and set --config.data.manual_dir")
+  try:
+    builder.check_manual_dir(manual)
+  except FileNotFoundError as e:
+    raise ConfigError(f"data set {config.data.name} is not prepared in {data_dir} and its download is incomplete: "
+                      f"{e}; complete it or set --config.data.manual_dir") from e
 
 
 def distributed_args(coordinator_address: str | None, num_processes: int | None,
@@ -147,17 +169,87 @@ def _setup_logging(verbose_orbax: bool) -> None:
   logging.getLogger("camjax").setLevel(logging.INFO)
 
 
+def checkpoint_steps(workdir: str) -> list[int]:
+  """Steps of the checkpoints already in ``workdir`` (orbax step folders), oldest first; [] for a new run."""
+  from camjax import train
+
+  directory = train.checkpoint_dir(workdir)
+  try:
+    names = os.listdir(directory)
+  except (FileNotFoundError, NotADirectoryError):
+    return []
+  return sorted(int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
+
+
+def _write_atomic(path: str, text: str) -> None:
+  """Write ``path`` whole or not at all (a temporary file, then os.replace)."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  try:
+    with open(tmp, "w") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def run_config_path(workdir: str, mode: str, steps: list[int], now: datetime.datetime | None = None) -> str:
+  """Where this run's config goes.
+
+  ``config.json`` is the config of the run that started the workdir from step
+  0; a resumed or evaluation run never replaces it (a refused resume points the
+  user to it) and records its own config beside it:
+  ``config.resume-<step>-<UTC time>.json`` or ``config.eval-<UTC time>.json``.
+  """
+  if not steps and mode != "eval":
+    return os.path.join(workdir, CONFIG_FILE)
+  stamp = (now or datetime.datetime.now(datetime.timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+  name = f"config.eval-{stamp}" if mode == "eval" else f"config.resume-{steps[-1]}-{stamp}"
+  path = os.path.join(workdir, f"{name}.json")
+  n = 1
+  while os.path.exists(path):  # two runs in the same second
+    n += 1
+    path = os.path.join(workdir, f"{name}-{n}.json")
+  return path
+
+
 def run(config: Any, workdir: str, mode: str) -> dict:
-  """Train and/or evaluate; returns the evaluation results (empty for --mode=train)."""
+  """Train and/or evaluate; returns the evaluation results (empty for --mode=train).
+
+  Nothing is written before the config is validated and the workdir is known
+  to be writable.
+  """
   import jax
 
   from camjax import train
 
   validate_config(config, num_devices=jax.device_count(), mode=mode)
-  os.makedirs(workdir, exist_ok=True)
+  if mode != "eval" or os.path.exists(workdir):
+    camjax_app.writable_dir(workdir, "--workdir")
+  steps = checkpoint_steps(workdir)
+  if mode == "eval" and not steps:
+    raise ConfigError(f"no checkpoint in {train.checkpoint_dir(workdir)} to evaluate; train first "
+                      "(--mode=train or --mode=train_and_eval) or fix --workdir")
+  record = None
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    record = run_config_path(workdir, mode, steps)
+    _write_atomic(record, config.to_json_best_effort(indent=2))
+  try:
+    return _train_and_eval(config, workdir, mode)
+  except UserError:
+    # A refused resume (a checkpoint of another config) or evaluation produced nothing with this config.
+    if record is not None and os.path.basename(record) != CONFIG_FILE and checkpoint_steps(workdir) == steps:
+      os.remove(record)
+    raise
+
+
+def _train_and_eval(config: Any, workdir: str, mode: str) -> dict:
+  import jax
+
+  from camjax import train
+
   results: dict = {}
   if mode in ("train", "train_and_eval"):
     result = train.train(config, workdir)

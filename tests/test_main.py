@@ -24,6 +24,7 @@ _tiny = h.tiny
     ({"mesh.model": 3}, 8, "--config.mesh.model"),
     ({"training.num_steps": 0}, 1, "num_steps or --config.training.num_epochs"),
     ({"eval.protocols": ("paper", "pascal")}, 1, "eval.protocols"),
+    ({"data.name": "imagenett"}, 1, "--config.data.name"),
 ])
 def test_invalid_configs_fail_with_what_to_change(changes, devices, needle):
   with pytest.raises(main.ConfigError, match=None) as info:
@@ -36,6 +37,14 @@ def test_valid_config_passes_and_missing_manual_data_fails(tmp_path):
   c = _tiny(**{"data.name": "ilsvrc2012_loc", "data.data_dir": str(tmp_path), "data.manual_dir": str(tmp_path / "nope")})
   with pytest.raises(main.ConfigError, match="--config.data.manual_dir"):
     main.validate_config(c, num_devices=1)
+  # A manual dir that exists but lacks the download: the line names the missing files.
+  (tmp_path / "manual" / "CUB_200_2011").mkdir(parents=True)
+  (tmp_path / "manual" / "CUB_200_2011" / "classes.txt").write_text("1 a\n")
+  c = _tiny(**{"data.name": "cub200_2011", "data.data_dir": str(tmp_path),
+               "data.manual_dir": str(tmp_path / "manual")})
+  with pytest.raises(main.ConfigError, match=r"missing in .*CUB_200_2011/images.txt") as info:
+    main.validate_config(c, num_devices=1)
+  assert "classes.txt" not in str(info.value) and "\n" not in str(info.value)
 
 
 def test_distributed_detection():
@@ -69,7 +78,8 @@ def test_every_config_loads_names_a_known_model_and_documents_its_command(name):
 def test_cli_bad_value_and_misspelt_override_exit_nonzero(tmp_path):
   bad = h.run(h.cli(str(tmp_path / "a"), "--config.model.pooling=avg"))
   assert bad.returncode == 2
-  assert bad.stderr.strip().splitlines()[-1].startswith("camjax: config error: model.pooling='avg'")
+  assert bad.stderr.strip().splitlines() == [
+      "camjax: error: model.pooling='avg' is not one of ('gap', 'gmp'); set --config.model.pooling=gap or gmp"]
   typo = h.run(h.cli(str(tmp_path / "b"), "--config.optimizer.learning_rat=0.1"))
   assert typo.returncode != 0 and "learning_rat" in typo.stderr
   assert not os.path.exists(tmp_path / "b" / "checkpoints")

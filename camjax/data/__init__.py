@@ -14,6 +14,7 @@ from typing import Any
 
 from camjax.data import records
 from camjax.data.records import BadDataError, normalized_to_pixel, pixel_to_normalized, read_bad_examples
+from camjax.errors import UserError
 
 DATA_DIR_ENV = "CAMJAX_DATA_DIR"
 
@@ -37,7 +38,7 @@ def _builder_class(name: str):
 
   classes = {"camjax_shapes": shapes.CamjaxShapes, "ilsvrc2012_loc": ilsvrc.Ilsvrc2012Loc, "cub200_2011": cub.Cub2002011}
   if name not in classes:
-    raise ValueError(f"unknown data set {name!r}; known: {', '.join(builder_names())}")
+    raise UserError(f"unknown data set {name!r}; known: {', '.join(builder_names())}")
   return classes[name]
 
 
@@ -49,7 +50,7 @@ def get_builder(name: str, data_dir: str | None = None, config: Any = None, *, o
     name, config = name.split("/", 1)
   cls = _builder_class(name)
   if isinstance(config, str) and config not in cls.builder_configs:
-    raise ValueError(f"{name} has no config {config!r}; configs: {', '.join(cls.builder_configs)}")
+    raise UserError(f"{name} has no config {config!r}; configs: {', '.join(cls.builder_configs)}")
   kwargs: dict[str, Any] = {"data_dir": os.path.expanduser(data_dir or default_data_dir()), "config": config}
   if on_bad_data is not None:
     kwargs["on_bad_data"] = on_bad_data

@@ -25,9 +25,13 @@ import tensorflow_datasets as tfds
 from camjax.data import records, wsol_metadata
 from camjax.data.archives import Source
 from camjax.data.records import BadExample
+from camjax.errors import MissingFileError
 
 ARCHIVE = "CUB_200_2011.tgz"
 SEGMENTATIONS = "segmentations.tgz"
+# What the official layout reads from an extracted CUB_200_2011/ folder (the WSOL layout only the first).
+FOLDER_FILES = ("classes.txt", "images.txt", "image_class_labels.txt", "bounding_boxes.txt", "train_test_split.txt",
+                "images/")
 
 _INSTRUCTIONS = """\
 Put in the manual folder (default <data_dir>/downloads/manual):
@@ -42,7 +46,7 @@ are looked up under CUB/<id> (e.g. the evaluation's dataset/CUB folder with CUBV
 def _table(data: bytes | None, name: str, ncols: int) -> dict[int, list[str]]:
   """``<image_id> <values...>`` lines -> {image_id: values}."""
   if data is None:
-    raise FileNotFoundError(f"cub200_2011: {name} is missing from the CUB_200_2011 archive or folder")
+    raise MissingFileError(f"cub200_2011: {name} is missing from the CUB_200_2011 archive or folder")
   out = {}
   for lineno, line in enumerate(data.decode().splitlines(), 1):
     if not line.strip():
@@ -95,21 +99,30 @@ class Cub2002011(records.BuilderMixin, tfds.core.GeneratorBasedBuilder):
     return wsol_metadata.find_metadata_dir(cfg.metadata_dir or os.path.join(manual, "metadata"), "CUB")
 
   def check_manual_dir(self, manual: str) -> None:
-    """Fail with one line naming what is missing from ``manual``."""
+    """Fail with one line naming what is missing from ``manual``.
+
+    An extracted ``CUB_200_2011/`` folder is checked for the files the build
+    reads; an archive is only checked to exist (listing it means reading it).
+    """
     manual = os.fspath(manual)
     if not os.path.isdir(manual):
-      raise FileNotFoundError(f"cub200_2011: manual folder {manual} does not exist; set manual_dir to the folder holding the downloads "
-                              "(see the README: CUB layout)")
+      raise MissingFileError(f"cub200_2011: manual folder {manual} does not exist; set manual_dir to the folder "
+                             "holding the downloads (see the README: CUB layout)")
     missing = []
-    if self._source(manual) is None:
+    source = self._source(manual)
+    if source is None:
       missing.append(f"{ARCHIVE} or CUB_200_2011/")
+    elif source.is_dir:
+      wsol = self.builder_config.layout == "wsol"
+      needed = FOLDER_FILES[:1] if wsol else FOLDER_FILES
+      missing += [f"CUB_200_2011/{name}" for name in needed if not os.path.exists(os.path.join(source.path, name))]
     if self.builder_config.masks and Source.find(manual, "segmentations", SEGMENTATIONS, prefix="segmentations") is None:
       missing.append(f"{SEGMENTATIONS} or segmentations/ (or use config boxes)")
     if self.builder_config.layout == "wsol" and self._metadata_dir(manual) is None:
       missing.append("metadata/CUB/{train,val,test}/image_ids.txt")
     if missing:
-      raise FileNotFoundError(f"cub200_2011/{self.builder_config.name}: missing in {manual}: {', '.join(missing)} "
-                              "(see the README: CUB layout)")
+      raise MissingFileError(f"cub200_2011/{self.builder_config.name}: missing in {manual}: {', '.join(missing)} "
+                             "(see the README: CUB layout)")
 
   def _split_generators(self, dl_manager):
     manual = os.fspath(dl_manager.manual_dir)

@@ -23,6 +23,7 @@ import tensorflow_datasets as tfds
 from camjax.data import records, wsol_metadata
 from camjax.data.archives import Source
 from camjax.data.records import BadExample
+from camjax.errors import MissingFileError
 
 SYNSET_FILES = ("LOC_synset_mapping.txt", "synsets.txt")
 IMAGE_SUFFIXES = (".JPEG", ".jpeg", ".jpg", ".JPG")
@@ -145,8 +146,8 @@ class Ilsvrc2012Loc(records.BuilderMixin, tfds.core.GeneratorBasedBuilder):
     manual = os.fspath(manual)
     missing = []
     if not os.path.isdir(manual):
-      raise FileNotFoundError(f"ilsvrc2012_loc: manual folder {manual} does not exist; set manual_dir to the folder holding the downloads "
-                              "(see the README: ImageNet layout)")
+      raise MissingFileError(f"ilsvrc2012_loc: manual folder {manual} does not exist; set manual_dir to the folder "
+                             "holding the downloads (see the README: ImageNet layout)")
     if self._synset_file(manual) is None:
       missing.append("LOC_synset_mapping.txt")
     if self.builder_config.layout == "official":
@@ -159,8 +160,8 @@ class Ilsvrc2012Loc(records.BuilderMixin, tfds.core.GeneratorBasedBuilder):
     elif self._metadata_dir(manual) is None:
       missing.append("metadata/ILSVRC/{train,val,test}/image_ids.txt")
     if missing:
-      raise FileNotFoundError(f"ilsvrc2012_loc/{self.builder_config.name}: missing in {manual}: {', '.join(missing)} "
-                              "(see the README: ImageNet layout)")
+      raise MissingFileError(f"ilsvrc2012_loc/{self.builder_config.name}: missing in {manual}: {', '.join(missing)} "
+                             "(see the README: ImageNet layout)")
 
   def _split_generators(self, dl_manager):
     manual = os.fspath(dl_manager.manual_dir)
