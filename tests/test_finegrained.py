@@ -165,6 +165,20 @@ def test_bad_config_fails_with_clear_message(shapes_dir, tmp_path):
     finegrained.run(_tiny_config(shapes_dir, val_split="dev"), str(tmp_path))
 
 
+def test_backbone_workdir_that_is_mistyped_or_untrained_is_a_user_error(shapes_dir, tmp_path):
+  from camjax.errors import UserError
+
+  config = _tiny_config(shapes_dir)
+  with config.unlocked():
+    config.backbone_workdir = str(tmp_path / "runs" / "quikstart")  # does not exist
+  with pytest.raises(UserError, match="quikstart is not a directory; .*--config.backbone_workdir"):
+    finegrained.check_config(config)
+  os.makedirs(tmp_path / "runs" / "quikstart" / "checkpoints")
+  with pytest.raises(UserError, match="has no checkpoint in .*; train it first"):
+    finegrained.load_backbone(config)
+  assert finegrained.check_backbone_workdir(_tiny_config(shapes_dir)) == ""  # '' still means a fresh backbone
+
+
 def _write_folder(folder, n, bright, seed):
   os.makedirs(folder, exist_ok=True)
   rng = np.random.default_rng(seed)

@@ -18,6 +18,7 @@ from flax import nnx
 from PIL import Image
 
 from camjax import cam, viz
+from camjax.errors import UserError
 from camjax.features.extraction import extract_features, model_pooling
 from camjax.features.linear import LinearHeadModel, select_and_fit
 
@@ -27,10 +28,10 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".
 RANKING_FILE = "ranking.json"
 
 
-def list_images(folder: str) -> list[str]:
-  """Image files directly inside ``folder``, sorted by name."""
+def list_images(folder: str, flag: str = "image folder") -> list[str]:
+  """Image files directly inside ``folder``, sorted by name; ``flag`` names the folder in the error."""
   if not os.path.isdir(folder):
-    raise ValueError(f"image folder {folder!r} does not exist; pass an existing directory")
+    raise UserError(f"{flag}={folder} is not a directory; pass an existing folder of images")
   names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS))
   return [os.path.join(folder, n) for n in names]
 
@@ -120,7 +121,7 @@ def discover(
   neg_x, neg_paths = features(list_images(negatives))
   unreadable = sorted(set(list_images(positives)) - set(pos_paths)) + sorted(set(list_images(negatives)) - set(neg_paths))
   if len(pos_paths) < 1 or len(neg_paths) < 1:
-    raise ValueError(f"need at least one readable positive and one negative image, got {len(pos_paths)} in "
+    raise UserError(f"need at least one readable positive and one negative image, got {len(pos_paths)} in "
                      f"{positives} and {len(neg_paths)} in {negatives}")
   pooling = model_pooling(model)
   x = np.concatenate([pos_x, neg_x])

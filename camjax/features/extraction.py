@@ -27,6 +27,7 @@ import numpy as np
 from flax import nnx
 
 from camjax import sharding
+from camjax.errors import UserError
 from camjax.models.base import POOLINGS, global_pool
 
 log = logging.getLogger("camjax.features")
@@ -158,8 +159,8 @@ def device_batches(batches: Iterable[Mapping[str, np.ndarray]], mesh: jax.shardi
                        "use camjax.data.pipeline.eval_batches")
     rows = np.asarray(batch["image"]).shape[0] * jax.process_count()
     if rows % data_size:
-      raise ValueError(f"the global batch of {rows} rows does not split over the {data_size} data-parallel devices; "
-                       f"set the batch size to a multiple of {data_size}")
+      raise UserError(f"the global batch of {rows} rows does not split over the {data_size} data-parallel devices; "
+                      f"set the batch size (features.batch_size) to a multiple of {data_size}")
     on_device = sharding.global_batch(mesh, {k: np.asarray(batch[k]) for k in device_keys})
     host = {k: gather_rows(v) for k, v in batch.items()
             if k not in device_keys and np.ndim(v) >= 1 and (host_keys is None or k in host_keys)}
@@ -207,7 +208,7 @@ def extract_features(
     if progress is not None:
       progress(int(valid.sum()))
   if not feats:
-    raise ValueError("no batches to extract features from; is the split empty?")
+    raise UserError("no batches to extract features from; is the split empty? (check features.max_examples)")
   indices_all = np.concatenate(indices).astype(np.int64)
   order = np.argsort(indices_all, kind="stable")
   indices_all = indices_all[order]

@@ -12,8 +12,9 @@
 3. The same with the ground-truth box (the union of an image's boxes) on train
    and test ("crop (GT box)"), an upper bound for step 2.
 
-The backbone comes from a camjax training checkpoint (``config.backbone_workdir``)
-or, loudly, from a fresh initialisation.
+The backbone comes from a camjax training checkpoint (``config.backbone_workdir``;
+a workdir without a checkpoint is an error) or, when that field is '', loudly,
+from a fresh initialisation.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import numpy as np
 from flax import nnx
 
 from camjax import cam, sharding
+from camjax.errors import UserError
 from camjax.features.extraction import (FeatureSet, device_batches, extract_features, model_pooling,
                                         replicate_model)
 from camjax.features.linear import LinearHeadModel, Selection, select_and_fit
@@ -223,7 +225,7 @@ def cam_boxes(head: nnx.Module, batches: Iterable[Mapping[str, np.ndarray]], *, 
     if progress is not None:
       progress(int(valid.sum()))
   if image_size is None:
-    raise ValueError("no batches to compute CAM boxes from; is the split empty?")
+    raise UserError("no batches to compute CAM boxes from; is the split empty? (check features.max_examples)")
   order = np.argsort(np.asarray(rows["indices"], np.int64), kind="stable")
   pick = lambda k, dtype: np.asarray(rows[k], dtype)[order] if rows[k] else np.zeros((0,), dtype)
   return CamBoxes(indices=pick("indices", np.int64),
@@ -303,17 +305,36 @@ def with_backbone_preprocessing(config: Any) -> Any:
   return out
 
 
+def check_backbone_workdir(config: Any) -> str:
+  """The checkpoint folder of ``config.backbone_workdir`` ('' when it is empty, which means a fresh backbone).
+
+  A workdir that does not exist or holds no checkpoint is a UserError: a
+  mistyped path must not silently give an untrained backbone.
+  """
+  from camjax import train
+
+  workdir = config.backbone_workdir
+  if not workdir:
+    return ""
+  if not os.path.isdir(workdir):
+    raise UserError(f"backbone_workdir={workdir} is not a directory; train a backbone there first or set "
+                    "--config.backbone_workdir to a camjax training workdir ('' for an untrained backbone)")
+  ckpt = train.checkpoint_dir(workdir)
+  if not (os.path.isdir(ckpt) and any(name.isdigit() for name in os.listdir(ckpt))):
+    raise UserError(f"backbone_workdir={workdir} has no checkpoint in {ckpt}; train it first (python -m camjax.main "
+                    f"--config=<training config> --workdir={workdir}) or fix --config.backbone_workdir")
+  return ckpt
+
+
 def load_backbone(config: Any) -> tuple[nnx.Module, dict[str, Any]]:
-  """The backbone from the newest checkpoint in ``config.backbone_workdir``, or fresh (said loudly).
+  """The backbone from the newest checkpoint in ``config.backbone_workdir``, or fresh (said loudly) when it is ''.
 
   Returns (model, info) where info says where the weights came from.
   """
   from camjax import train
 
   workdir = config.backbone_workdir
-  ckpt = train.checkpoint_dir(workdir) if workdir else ""
-  has_ckpt = bool(workdir) and os.path.isdir(ckpt) and any(name.isdigit() for name in os.listdir(ckpt))
-  if has_ckpt:
+  if check_backbone_workdir(config):
     bconfig = backbone_training_config(config)
     result = train.restore_for_eval(bconfig, workdir)
     state = result.state
@@ -322,11 +343,10 @@ def load_backbone(config: Any) -> tuple[nnx.Module, dict[str, Any]]:
     return model, {"source": "checkpoint", "workdir": os.path.abspath(workdir), "step": int(result.step),
                    "model": bconfig.model.name, "num_classes": int(bconfig.model.num_classes),
                    "data": _saved_data_name(workdir)}
-  where = f"no checkpoint in {ckpt}" if workdir else "config.backbone_workdir is empty"
   banner = "=" * 78
-  message = (f"{banner}\nWARNING: {where}.\nWARNING: the backbone {config.model.name!r} is a FRESH, UNTRAINED "
-             f"initialisation (seed {config.training.seed}): its features are random projections and the\n"
-             "WARNING: numbers below say nothing about a trained network. Train first (python -m camjax.main "
+  message = (f"{banner}\nWARNING: config.backbone_workdir is empty.\nWARNING: the backbone {config.model.name!r} is a "
+             f"FRESH, UNTRAINED initialisation (seed {config.training.seed}): its features are random projections "
+             "and the\nWARNING: numbers below say nothing about a trained network. Train first (python -m camjax.main "
              "--config=<training config> --workdir=<dir>),\nWARNING: then pass --config.backbone_workdir=<dir>."
              f"\n{banner}")
   log.warning(message)
@@ -337,8 +357,8 @@ def load_backbone(config: Any) -> tuple[nnx.Module, dict[str, Any]]:
     fresh.pretrained.path = ""
   model = train.build_model(fresh)
   model.eval()
-  return model, {"source": "fresh init (untrained)", "workdir": os.path.abspath(workdir) if workdir else "",
-                 "step": 0, "model": config.model.name, "num_classes": int(config.model.num_classes), "data": ""}
+  return model, {"source": "fresh init (untrained)", "workdir": "", "step": 0, "model": config.model.name,
+                 "num_classes": int(config.model.num_classes), "data": ""}
 
 
 def _data_source(config: Any, split: str) -> tuple[Any, int]:
@@ -348,7 +368,7 @@ def _data_source(config: Any, split: str) -> tuple[Any, int]:
   builder = data.prepare(config.data.name, config.data.data_dir or None, config.data.builder_config or None,
                          manual_dir=config.data.manual_dir or None, on_bad_data=config.data.on_bad_data)
   if split not in builder.info.splits:
-    raise ValueError(f"data set {config.data.name} has no split {split!r}; set features.*_split to one of: "
+    raise UserError(f"data set {config.data.name} has no split {split!r}; set features.*_split to one of: "
                      f"{', '.join(builder.info.splits)}")
   num_classes = int(builder.info.features["label"].num_classes)
   from camjax.data.pipeline import HeadSource
@@ -369,23 +389,32 @@ def _batches_fn(config: Any) -> Callable[[Any], Any]:
 
 
 def check_config(config: Any) -> None:
-  """Fail at start, with what to change, on values that cannot work."""
+  """Fail at start, with one line saying what to change, on values that cannot work."""
   f = config.features
   if f.classifier not in ("svm", "softmax"):
-    raise ValueError(f"features.classifier must be 'svm' or 'softmax', got {f.classifier!r}")
+    raise UserError(f"features.classifier={f.classifier!r}; set --config.features.classifier to svm or softmax")
   if not f.C_grid or any(float(c) <= 0 for c in f.C_grid):
-    raise ValueError(f"features.C_grid must be positive numbers, got {tuple(f.C_grid)}")
+    raise UserError(f"features.C_grid={tuple(f.C_grid)}; set --config.features.C_grid to positive numbers")
   if f.train_cam_class not in CAM_CLASSES:
-    raise ValueError(f"features.train_cam_class must be one of {CAM_CLASSES}, got {f.train_cam_class!r}")
+    raise UserError(f"features.train_cam_class={f.train_cam_class!r}; set --config.features.train_cam_class to one "
+                    f"of {CAM_CLASSES}")
   if not 0.0 < float(f.cam_threshold) < 1.0:
-    raise ValueError(f"features.cam_threshold must be in (0, 1), got {f.cam_threshold}")
+    raise UserError(f"features.cam_threshold={f.cam_threshold}; set --config.features.cam_threshold in (0, 1)")
   unknown = set(f.rows) - set(ROW_NAMES)
   if unknown or "full" not in f.rows:
-    raise ValueError(f"features.rows must include 'full' and be among {tuple(ROW_NAMES)}, got {tuple(f.rows)}")
+    raise UserError(f"features.rows={tuple(f.rows)}; it must include 'full' and be among {tuple(ROW_NAMES)}")
   if not f.train_split or not f.test_split:
-    raise ValueError("set features.train_split and features.test_split")
+    raise UserError("set --config.features.train_split and --config.features.test_split")
   if int(f.batch_size) <= 0:
-    raise ValueError(f"features.batch_size must be positive, got {f.batch_size}")
+    raise UserError(f"features.batch_size={f.batch_size}; set --config.features.batch_size to a positive number")
+  if config.data.eval_mode not in ("resize", "resize_crop"):
+    raise UserError(f"data.eval_mode={config.data.eval_mode!r}; set --config.data.eval_mode to resize or resize_crop")
+  from camjax import data
+
+  if config.data.name not in data.builder_names():
+    raise UserError(f"unknown data set {config.data.name!r}; set --config.data.name to one of: "
+                    f"{', '.join(data.builder_names())}")
+  check_backbone_workdir(config)
 
 
 def _fit(config: Any, train: FeatureSet, val: FeatureSet | None, num_classes: int, loss: str | None = None) -> Selection:
@@ -446,7 +475,7 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
   full = {role: features(role, src, "full") for role, src in sources.items()}
   for role, fs in full.items():
     if len(fs) and (fs.labels.max() >= num_classes):
-      raise ValueError(f"split {splits[role]} has labels up to {fs.labels.max()} but the data set declares "
+      raise UserError(f"split {splits[role]} has labels up to {fs.labels.max()} but the data set declares "
                        f"{num_classes} classes; check config.data")
   sel_full = _fit(config, full["train"], full.get("val"), num_classes)
   rows = [_row("full", sel_full, full["test"], full["train"])]

@@ -27,6 +27,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from camjax.errors import UserError
 from camjax.models.base import check_pooling, global_pool
 
 LOSSES = ("svm", "softmax")
@@ -70,11 +71,11 @@ def _check_inputs(features, labels, num_classes):
   if labels.shape != (features.shape[0],):
     raise ValueError(f"labels must be (N,) with N={features.shape[0]}, got shape {labels.shape}")
   if features.shape[0] == 0:
-    raise ValueError("cannot fit a classifier on zero examples")
+    raise UserError("cannot fit a classifier on zero examples; is the training split empty?")
   if labels.min() < 0 or labels.max() >= num_classes:
     raise ValueError(f"labels must be in [0, {num_classes}), got range [{labels.min()}, {labels.max()}]")
   if not np.all(np.isfinite(features)):
-    raise ValueError("features contain NaN or inf; check the backbone or its checkpoint")
+    raise UserError("features contain NaN or inf; check the backbone or its checkpoint")
   return features, labels
 
 
@@ -207,7 +208,8 @@ def select_and_fit(
       return Selection(clf, grid[0], {}, "none (single C)")
     tr, va = holdout_split(train_labels, holdout_fraction, seed)
     if va.size == 0:
-      raise ValueError("too few training examples to hold out a validation part; give a validation split")
+      raise UserError("too few training examples to hold out a validation part; set --config.features.val_split "
+                      "or a single C in features.C_grid")
     fx, fy, vx, vy = train_features[tr], train_labels[tr], train_features[va], train_labels[va]
     source = "held-out part of train"
   else:
