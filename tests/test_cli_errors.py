@@ -1,0 +1,168 @@
+"""Bad input to camjax.main, camjax.features and camjax.ablation ends in one line and exit 2, never a traceback.
+
+Also: the run's config.json is written once, by the run that starts the workdir, and never by a run that is
+refused, resumed or evaluates.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import _train_helpers as h
+from camjax import ablation, main
+from camjax.errors import UserError
+
+FEATURES_TINY = os.path.join(h.ROOT, "configs", "finegrained_tiny.py")
+
+
+def _one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> str:
+  """The single stderr line of a user error (exit 2, no traceback) that holds every needle."""
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("camjax: error: "), proc.stderr[-3000:]
+  for needle in needles:
+    assert needle in lines[0], lines[0]
+  return lines[0]
+
+
+# ----------------------------------------------------------------------------- camjax.main
+
+
+def test_main_misspelt_field_and_missing_config_file(tmp_path):
+  typo = h.run(h.cli(str(tmp_path / "a"), "--config.model.nmae=x"))
+  _one_line_error(typo, "model.nmae", "did you mean model.name?")
+  missing = h.run(h.cli(str(tmp_path / "b"), config=str(tmp_path / "nope.py")))
+  _one_line_error(missing, "nope.py", "does not exist")
+  assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "b")
+
+
+def test_main_workdir_that_is_a_file(tmp_path):
+  afile = tmp_path / "afile"
+  afile.write_text("x")
+  _one_line_error(h.run(h.cli(str(afile))), "--workdir", "is a file")
+  assert afile.read_text() == "x"
+
+
+def test_main_workdir_without_write_permission(tmp_path, monkeypatch):
+  workdir = tmp_path / "readonly"
+  workdir.mkdir()
+  real_access = os.access
+  monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if os.fspath(p) == str(workdir) else
+                      real_access(p, mode, **kw))
+  with pytest.raises(UserError, match="--workdir=.*readonly is not writable"):
+    main.run(h.tiny(), str(workdir), "train")
+  assert os.listdir(workdir) == []
+
+
+@pytest.mark.parametrize("name, make, needles", [
+    ("cub200_2011", lambda m: os.makedirs(m / "CUB_200_2011" / "images"), ("CUB_200_2011/images.txt",)),
+    ("ilsvrc2012_loc", lambda m: (m / "LOC_synset_mapping.txt").write_text("n01440764 tench\n"),
+     ("ILSVRC2012_img_train.tar or train/", "ILSVRC2012_bbox_val_v3.tgz or bbox_val/")),
+])
+def test_main_manual_data_dir_without_its_files(tmp_path, name, make, needles):
+  manual = tmp_path / "manual"
+  manual.mkdir()
+  make(manual)
+  proc = h.run(h.cli(str(tmp_path / "w"), f"--config.data.name={name}", f"--config.data.manual_dir={manual}",
+                     f"--config.data.data_dir={tmp_path / 'data'}"))
+  line = _one_line_error(proc, name, str(manual), *needles)
+  assert "LOC_synset_mapping.txt" not in line  # it is there
+  assert not os.path.exists(tmp_path / "w")
+
+
+def test_no_backend_probe_noise_on_a_cpu_only_machine(tmp_path):
+  """jax probes 'tpu' when JAX_PLATFORMS is unset; its 'Unable to initialize backend' line must not show."""
+  env = h.env()
+  del env["JAX_PLATFORMS"]
+  proc = subprocess.run(h.cli(str(tmp_path / "w"), "--config.model.pooling=avg", "--verbose_orbax"), cwd=h.ROOT,
+                        env=env, capture_output=True, text=True, timeout=240)
+  assert "Unable to initialize backend" not in proc.stderr
+  _one_line_error(proc, "model.pooling='avg'")
+
+
+# ----------------------------------------------------------------------------- config.json
+
+
+def test_config_json_is_written_by_the_run_that_starts_the_workdir_only(tmp_path):
+  workdir = str(tmp_path / "w")
+  main.run(h.tiny(**{"training.num_steps": 2}), workdir, "train")
+  config_json = os.path.join(workdir, "config.json")
+  with open(config_json, "rb") as f:
+    original = f.read()
+  # A resume refused for a checkpoint of another config leaves the file the refusal points to as it was.
+  with pytest.raises(ValueError, match="another config"):
+    main.run(h.tiny(**{"training.num_steps": 4, "model.num_classes": 5}), workdir, "train")
+  with open(config_json, "rb") as f:
+    assert f.read() == original
+  assert not glob.glob(os.path.join(workdir, "config.*-*.json"))  # the refused run used no config
+  # An evaluation leaves it too and records its own config beside it.
+  main.run(h.tiny(**{"training.num_steps": 2, "eval.protocols": ("paper",)}), workdir, "eval")
+  with open(config_json, "rb") as f:
+    assert f.read() == original
+  (side,) = glob.glob(os.path.join(workdir, "config.eval-*Z.json"))
+  with open(side) as f:
+    assert json.load(f)["eval"]["protocols"] == ["paper"]
+  assert not glob.glob(os.path.join(workdir, "*.tmp-*"))
+
+
+def test_resumed_run_records_its_config_beside_config_json(tmp_path):
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  os.makedirs(workdir / "checkpoints" / "4")
+  (workdir / "config.json").write_text("{}")
+  path = main.run_config_path(str(workdir), "train_and_eval", main.checkpoint_steps(str(workdir)))
+  assert os.path.basename(path).startswith("config.resume-4-") and path.endswith("Z.json")
+  assert os.path.basename(main.run_config_path(str(tmp_path / "new"), "train", [])) == "config.json"
+
+
+def test_config_that_fails_validation_writes_no_config_json(tmp_path):
+  proc = h.run(h.cli(str(tmp_path / "w"), "--config.data.name=imagenett"))
+  _one_line_error(proc, "unknown data set 'imagenett'", "--config.data.name")
+  assert not os.path.exists(tmp_path / "w" / "config.json")
+
+
+# ----------------------------------------------------------------------------- camjax.features
+
+
+def test_features_mistyped_backbone_workdir(tmp_path):
+  backbone = tmp_path / "runs" / "quikstart"
+  cmd = [sys.executable, "-m", "camjax.features", f"--config={FEATURES_TINY}", f"--workdir={tmp_path / 'fg'}",
+         f"--config.backbone_workdir={backbone}"]
+  _one_line_error(h.run(cmd), f"backbone_workdir={backbone}", "--config.backbone_workdir")
+  assert not os.path.exists(tmp_path / "fg")
+
+
+# ----------------------------------------------------------------------------- camjax.ablation
+
+
+def test_ablation_mistyped_field_stops_before_any_run(tmp_path):
+  cmd = [sys.executable, "-m", "camjax.ablation", f"--config={h.TINY}", f"--workdir={tmp_path / 'abl'}",
+         "--field=model.poolng", "--values=gap,gmp", "--seeds=0"]
+  _one_line_error(h.run(cmd), "--field=model.poolng", "did you mean model.pooling?")
+  assert not os.path.exists(tmp_path / "abl")
+
+
+def test_ablation_checks_values_and_field_in_process():
+  with pytest.raises(UserError, match="model.pooling='gmpp'"):
+    ablation.check_runs(h.TINY, "model.pooling", ["gap", "gmpp"], [])
+  with pytest.raises(UserError, match="is a section"):
+    ablation.check_runs(h.TINY, "model", ["x"], [])
+  with pytest.raises(UserError, match="did you mean training.num_steps"):
+    ablation.check_runs(h.TINY, "model.pooling", ["gap"], ["--config.training.num_step=3"])
+
+
+def test_ablation_failing_run_ends_in_one_line_with_its_workdir_and_exit_code(tmp_path, monkeypatch, capsys):
+  monkeypatch.setattr(ablation.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 3))
+  with pytest.raises(SystemExit) as exit_info:
+    ablation.entry([f"--config={h.TINY}", f"--workdir={tmp_path}", "--values=gap", "--seeds=0"])
+  assert exit_info.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("camjax: error: the run in ")
+  assert os.path.join(str(tmp_path), "model_pooling=gap", "seed0") in err[0] and "exit code 3" in err[0]
