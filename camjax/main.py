@@ -48,8 +48,14 @@ class ConfigError(UserError):
   """A config value that cannot work; the message says what to change."""
 
 
-def validate_config(config: Any, *, num_devices: int | None = None, mode: str = "train") -> None:
-  """Fail at start, with one line saying what to change, on a config that cannot work."""
+def validate_config(config: Any, *, num_devices: int | None = None, mode: str = "train",
+                    local_devices: int | None = None) -> None:
+  """Fail at start, with one line saying what to change, on a config that cannot work.
+
+  ``local_devices`` (the devices of one process) checks that the model axis stays inside
+  a process: each process reads its own rows of the batch, so processes must not share a
+  data-parallel row.
+  """
   from camjax import models
   from camjax.models.base import POOLINGS
 
@@ -79,6 +85,9 @@ def validate_config(config: Any, *, num_devices: int | None = None, mode: str = 
     if model < 1 or num_devices % model:
       raise ConfigError(f"mesh.model={model} does not divide the {num_devices} devices; "
                         f"set --config.mesh.model to a divisor of {num_devices}")
+    if local_devices is not None and local_devices % model:
+      raise ConfigError(f"mesh.model={model} spans processes (each has {local_devices} devices): every process "
+                        f"reads its own batch rows; set --config.mesh.model to a divisor of {local_devices}")
     data = config.mesh.data if config.mesh.data != -1 else num_devices // model
     if data * model != num_devices:
       raise ConfigError(f"mesh.data={config.mesh.data} x mesh.model={model} != {num_devices} devices; "
@@ -225,7 +234,7 @@ def run(config: Any, workdir: str, mode: str) -> dict:
 
   from camjax import train
 
-  validate_config(config, num_devices=jax.device_count(), mode=mode)
+  validate_config(config, num_devices=jax.device_count(), local_devices=jax.local_device_count(), mode=mode)
   if mode != "eval" or os.path.exists(workdir):
     camjax_app.writable_dir(workdir, "--workdir")
   steps = checkpoint_steps(workdir)

@@ -32,6 +32,15 @@ def test_invalid_configs_fail_with_what_to_change(changes, devices, needle):
   assert needle in str(info.value) and "\n" not in str(info.value)
 
 
+def test_a_model_axis_across_processes_is_refused():
+  # Two processes of one device each: a (data=1, model=2) mesh would have both read different rows
+  # of what must be one replicated batch.
+  with pytest.raises(main.ConfigError, match="spans processes") as info:
+    main.validate_config(_tiny(**{"mesh.model": 2}), num_devices=2, local_devices=1)
+  assert "--config.mesh.model to a divisor of 1" in str(info.value)
+  main.validate_config(_tiny(**{"mesh.model": 2}), num_devices=4, local_devices=2)
+
+
 def test_valid_config_passes_and_missing_manual_data_fails(tmp_path):
   main.validate_config(_tiny(), num_devices=8)
   c = _tiny(**{"data.name": "ilsvrc2012_loc", "data.data_dir": str(tmp_path), "data.manual_dir": str(tmp_path / "nope")})

@@ -2,7 +2,7 @@
 
 The two processes are started by launch/local_multiprocess.sh, the launcher users run.
 Their checkpoint then restores in this (single-device) process. With the kernels split over
-``mesh.model`` across the processes, the report still draws its pictures from the whole model.
+``mesh.model`` on two processes, the report still draws its pictures from the whole model.
 """
 
 from __future__ import annotations
@@ -68,14 +68,15 @@ def test_two_processes_match_one_process_and_restore_in_one(tmp_path):
       np.testing.assert_allclose(value, single_state[key], rtol=1e-4, atol=1e-6)
 
 
-def test_report_gathers_kernels_split_over_model_across_processes(tmp_path):
-  # mesh (data=1, model=2) over 2 processes x 1 device: each process holds half of every kernel split
-  # over 'model', so process 0 can only draw the report after all processes gather the weights.
-  # (With 2 devices per process and model=2 both halves are local and a plain device_get works.)
+def test_report_gathers_kernels_split_over_model_on_two_processes(tmp_path):
+  # mesh (data=2, model=2) over 2 processes x 2 devices: kernels split over 'model' are global arrays
+  # that are not fully addressable on process 0, so every process takes part in gathering them
+  # before process 0 draws. (A model axis across processes is refused by validate_config: each
+  # process reads its own batch rows.)
   workdir, logs = tmp_path / "run", tmp_path / "logs"
   launched = launch_two_processes(str(workdir), str(logs), "--config.training.num_steps=1",
                                   "--config.training.checkpoint_every=1", "--config.mesh.model=2",
-                                  "--config.report.enabled=True", "--config.report.num_images=4", devices=1)
+                                  "--config.report.enabled=True", "--config.report.num_images=4", devices=2)
   assert launched.wait(timeout=240) == 0, "".join(
       f"--- {p.name}\n{p.read_text()[-2000:]}" for p in sorted(logs.glob("*.log")))
   for name in ("metrics.json", "report.html", "cam_grid.png", "top5.png", "class_units.png"):
