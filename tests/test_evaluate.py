@@ -148,7 +148,7 @@ def test_pxap_scores_an_image_with_an_empty_mask(tmp_path):
   res = evaluate.evaluate(str(npz), str(meta), "wsol", mask_root=str(masks))["results"]
   expected = 100 * (24864 / 49952 * 24864 / 25088 + 25088 / 81536 * 224 / 25088)
   assert res["PxAP"] == pytest.approx(expected) and res["num_images"] == 2
-  # The same from pooled NumPy histograms over the bin edges of PROTOCOL.md.
+  # The same from pooled NumPy histograms over the bin edges of docs/protocol.md.
   edges = np.append(np.arange(0, 1, 0.01), [1, 2, 3])
   c, (left, right), ignore = _image_c()
   fg_c = (left > 0) | (right > 0)

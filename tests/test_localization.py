@@ -131,7 +131,7 @@ def test_pxap_known_precision_recall_curve():
 
 
 def _reference_pxap(maps, fg, ignore, thresholds):
-  """PROTOCOL.md's PxAP spelt out loop by loop: pooled histograms, walked from the top bin."""
+  """docs/protocol.md's PxAP spelt out loop by loop: pooled histograms, walked from the top bin."""
   edges = np.append(np.asarray(thresholds, np.float64), [1.0, 2.0, 3.0])
   fg_hist = np.zeros(len(edges) - 1)
   bg_hist = np.zeros(len(edges) - 1)

@@ -2,7 +2,7 @@
 
 Pure NumPy/SciPy plus OpenCV's contour finder (which defines the WSOL standard); it never
 imports JAX, so it scores maps produced by any framework. Metric definitions:
-``shared/PROTOCOL.md``.
+``docs/protocol.md``.
 
 WSOL standard (Choe et al. 2020): ``box_accuracy_curve``, ``max_box_acc``, ``pxap`` and the
 streaming ``WsolAccumulator`` / ``PxapAccumulator``. CAM paper (Zhou et al. 2016):

@@ -3,7 +3,7 @@
 ``protocol="paper"`` follows Zhou et al. 2016 (Sec. 3.2): keep pixels strictly above a
 fraction of the map's maximum, take the largest 8-connected component by pixel count and
 its tight box. ``protocol="wsol"`` follows the WSOL evaluation standard (Choe et al. 2020),
-defined by OpenCV's contour finder; see ``shared/PROTOCOL.md`` section 2. The fast sweep
+defined by OpenCV's contour finder; see ``docs/protocol.md``. The fast sweep
 over many thresholds (``sweep``) must match ``wsol_boxes_at_level`` exactly.
 """
 
@@ -63,7 +63,7 @@ def boxes_from_cam(cam: Any, threshold: float, *, protocol: str = "paper", multi
 
   paper: pixels > ``threshold * max(cam)``, largest 8-connected component (pixel count;
     ties go to the first in raster order), its tight box; (0, 4) when nothing is kept.
-  wsol: PROTOCOL.md section 2 steps 1-6; ``(0, 0, 0, 0)`` when no contour; one box unless
+  wsol: ``docs/protocol.md``, WSOL box extraction; ``(0, 0, 0, 0)`` when no contour; one box unless
     ``multi_contour``.
   """
   cam = np.asarray(cam)

@@ -240,7 +240,7 @@ def evaluate_wsol_batch(scoremaps: Any, gt_boxes: Sequence[Any], accumulator: Ws
 
 
 class PxapAccumulator:
-  """Pooled foreground/background score histograms for PxAP (PROTOCOL.md, section 2).
+  """Pooled foreground/background score histograms for PxAP (``docs/protocol.md``, PxAP).
 
   Bin edges are ``[*cam_thresholds, 1, 2, 3]``; ``add`` takes the maps with boolean
   foreground masks (union of instances, already at map size) and optional ignore masks.
