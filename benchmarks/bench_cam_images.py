@@ -22,8 +22,10 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.common import median_seconds
-from camjax import cam, cam_images, viz
-from camjax.imagenet_classes import class_names
+from camjax import cam
+from camjax.report import figures as viz
+from camjax.tools import cam_images
+from camjax.data.imagenet_classes import class_names
 from camjax.weights import efficientnet_lite
 
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")

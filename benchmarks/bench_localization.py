@@ -152,7 +152,7 @@ def real_cams(top_k: int = 5) -> tuple[np.ndarray, list[np.ndarray]] | None:
   try:
     import skimage.data
 
-    from camjax import cam_images
+    from camjax.tools import cam_images
     from camjax.weights import efficientnet_lite
 
     model = efficientnet_lite.pretrained("efficientnet_lite0")

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.common import median_seconds
-from camjax import sharding, train
+from camjax import train
+from camjax.train import sharding
 from configs import default
 
 MODELS = ("googlenet_gap", "vgg16_gap")

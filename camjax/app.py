@@ -223,3 +223,22 @@ def writable_file(path: str, flag: str) -> str:
   if not os.access(parent, os.W_OK | os.X_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
     raise UserError(f"{flag}={path} cannot be written; fix the permissions or choose another {flag}")
   return path
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[object]], *, title: str = "",
+                 footer: str = "") -> str:
+  """Rows as an aligned plain-text table for the console: first column left, the others right.
+
+  Floats print with two decimals; every command's console table goes through here.
+  """
+  def cell(value: object) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+  table = [[str(h) for h in header]] + [[cell(v) for v in row] for row in rows]
+  widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+  lines = [title] if title else []
+  for r in table:
+    lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+  if footer:
+    lines.append(footer)
+  return "\n".join(lines)

@@ -111,7 +111,7 @@ def validate_config(config: Any, *, num_devices: int | None = None, mode: str = 
 
 def _data_set_names() -> list[str]:
   from camjax import data
-  from camjax.train_data import SYNTHETIC
+  from camjax.train.data import SYNTHETIC
 
   return [*data.builder_names(), SYNTHETIC]
 
@@ -267,7 +267,7 @@ def _train_and_eval(config: Any, workdir: str, mode: str) -> dict:
   else:
     result = train.restore_for_eval(config, workdir)
   if mode in ("eval", "train_and_eval"):
-    from camjax import eval_loop
+    from camjax.evaluation import loop as eval_loop
 
     results = eval_loop.evaluate(result, config, workdir)
     if config.report.enabled:

@@ -94,7 +94,7 @@ def assert_bitwise_equal(a: dict, b: dict) -> None:
 def losses(workdir: str) -> dict[int, float]:
   """Loss per step from metrics.jsonl; a resumed run drops the records past its restored step, so the
   train records must have increasing steps, each once."""
-  from camjax.metrics_writer import read_metrics
+  from camjax.train.metrics import read_metrics
 
   records = read_metrics(workdir, "train")
   steps = [r["step"] for r in records]

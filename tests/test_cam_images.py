@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from camjax import cam_images
+from camjax.tools import cam_images
 from camjax.errors import UserError
 from camjax.localization import iou
 
@@ -41,7 +41,7 @@ def runner():
 
 @needs_weights
 def test_chelsea_top1_is_a_cat_and_its_box_covers_it(runner):
-  from camjax.imagenet_classes import class_names
+  from camjax.data.imagenet_classes import class_names
 
   image = skdata.chelsea()
   (result,) = runner.run([image], ["chelsea"])
@@ -67,7 +67,7 @@ def test_process_writes_figures_and_json_in_input_order(runner, tmp_path):
   (src / "c_broken.jpg").write_bytes(b"not an image")
   paths = cam_images.expand_paths([str(src)])
   assert [os.path.basename(p) for p in paths] == ["a_chelsea.jpg", "b_coffee.png", "c_broken.jpg"]
-  from camjax.imagenet_classes import class_names
+  from camjax.data.imagenet_classes import class_names
 
   records = cam_images.process(runner, paths, str(tmp_path / "out"), class_names=class_names(), tile=96)
   saved = json.load(open(tmp_path / "out" / "cams.json"))
@@ -218,7 +218,7 @@ def test_user_errors_come_before_the_model_is_built(case, tmp_path, monkeypatch)
 
 
 def test_every_colour_map_offered_is_one_viz_draws():
-  from camjax import viz
+  from camjax.report import figures as viz
 
   for name in cam_images.CMAPS:
     assert viz.colormap(np.linspace(0, 1, 5), name).shape == (5, 3)
@@ -294,7 +294,7 @@ def test_class_names_of_a_runs_data_set(tmp_path):
   import ml_collections
 
   from camjax.data.shapes import CLASS_NAMES
-  from camjax.imagenet_classes import class_names
+  from camjax.data.imagenet_classes import class_names
 
   data = lambda name, **kw: ml_collections.ConfigDict({"name": name, "builder_config": "", "data_dir": str(tmp_path),
                                                        **kw})

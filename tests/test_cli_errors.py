@@ -15,7 +15,8 @@ import sys
 import pytest
 
 import _train_helpers as h
-from camjax import ablation, main
+from camjax import main
+from camjax.tools import ablation
 from camjax.errors import UserError
 
 FEATURES_TINY = os.path.join(h.ROOT, "configs", "finegrained_tiny.py")

@@ -3,7 +3,8 @@
 import pytest
 
 import _train_helpers as h
-from camjax import eval_loop, train_data
+from camjax.evaluation import loop as eval_loop
+from camjax.train import data as train_data
 from camjax.data import pipeline
 from test_pipeline import Source
 

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from camjax import evaluate
+from camjax.tools import evaluate
 from camjax.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

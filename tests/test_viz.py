@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from camjax import viz
+from camjax.report import figures as viz
 
 
 def test_jet_reference_values():

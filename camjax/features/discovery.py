@@ -17,7 +17,8 @@ import numpy as np
 from flax import nnx
 from PIL import Image
 
-from camjax import cam, viz
+from camjax import cam
+from camjax.report import figures as viz
 from camjax.errors import UserError
 from camjax.features.extraction import extract_features, model_pooling
 from camjax.features.linear import LinearHeadModel, select_and_fit
@@ -69,7 +70,7 @@ def resized_uint8(path: str, image_size: int) -> np.ndarray:
 
 def _detector_maps(head: nnx.Module, batches) -> dict[int, np.ndarray]:
   """Upsampled CAM of the detector (class 0 of ``head``) per example index."""
-  from camjax import sharding
+  from camjax.train import sharding
   from camjax.features.extraction import default_mesh, device_batches, replicate_model
 
   mesh = default_mesh()

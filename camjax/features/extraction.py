@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from camjax import sharding
+from camjax.train import sharding
 from camjax.errors import UserError
 from camjax.models.base import POOLINGS, global_pool
 

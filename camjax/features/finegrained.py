@@ -32,7 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from camjax import cam, sharding
+from camjax import cam
+from camjax.train import sharding
 from camjax.errors import UserError
 from camjax.features.extraction import (FeatureSet, device_batches, extract_features, model_pooling,
                                         replicate_model)

@@ -23,7 +23,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from camjax import cam, localization, sharding, train_data, viz
+from camjax import cam, localization
+from camjax.report import figures as viz
+from camjax.train import data as train_data, sharding
 
 log = logging.getLogger("camjax.report")
 

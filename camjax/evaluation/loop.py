@@ -26,10 +26,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from camjax import cam, sharding, train_data
+from camjax import cam
+from camjax.train import data as train_data, sharding
 from camjax.data import pipeline
 from camjax.errors import UserError
-from camjax.metrics_writer import MetricsWriter
+from camjax.train.metrics import MetricsWriter
 from camjax.models.base import NotCamCompatible
 
 log = logging.getLogger("camjax.eval")
@@ -126,7 +127,7 @@ def evaluate(model_state: Any, config: Any, workdir: str) -> dict:
   pxap = None
   baseline = None
   if config.eval.baseline and protocols:
-    from camjax.baseline import CentreBaseline
+    from camjax.evaluation.baseline import CentreBaseline
 
     baseline = CentreBaseline(train_data.mean_box_fraction(config), top_k=top_k,
                               paper_threshold=config.eval.paper_threshold, cam_thresholds=thresholds,

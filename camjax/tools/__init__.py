@@ -1,0 +1,1 @@
+"""Commands beside training: CAMs on your images, scoring saved maps, ablations over seeds."""

@@ -1,0 +1,167 @@
+"""GAP vs GMP (or any config field) over several seeds: one command, one table.
+
+  python -m camjax.ablation --config=configs/quickstart.py --workdir=runs/ablation \\
+      --field=model.pooling --values=gap,gmp --seeds=0,1,2
+
+Each (value, seed) pair is a full ``camjax.main --mode=train_and_eval`` run in
+its own subdirectory (a finished run is reused, so an interrupted ablation
+resumes). The table of means and standard deviations is printed and written to
+``WORKDIR/ablation.md`` and ``WORKDIR/ablation.json``.
+
+The field, every value and the extra overrides are checked against the config
+before the first run starts; a misspelt field or a value that cannot work ends
+in one line, ``camjax: error: ...``, and exit 2, as does a run that fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import os
+import subprocess
+import sys
+from typing import Any, Sequence
+
+import numpy as np
+
+from camjax import app as camjax_app
+from camjax.errors import UserError
+
+METRICS = ("classification_top1", "gt_known_loc", "top1_loc", "MaxBoxAcc", "MaxBoxAccV2", "PxAP")
+
+
+def run_one(config: str, workdir: str, overrides: Sequence[str]) -> dict:
+  """Train and evaluate one setting in a subprocess (fresh JAX state); returns its metrics.json."""
+  metrics = os.path.join(workdir, "metrics.json")
+  if not os.path.exists(metrics):
+    cmd = [sys.executable, "-m", "camjax.main", f"--config={config}", f"--workdir={workdir}",
+           "--mode=train_and_eval", "--config.report.enabled=True", "--config.eval.baseline=True", *overrides]
+    print("+", " ".join(cmd), flush=True)
+    code = subprocess.run(cmd).returncode
+    if code != 0:
+      raise UserError(f"the run in {workdir} failed with exit code {code} (its output is above); fix it and rerun "
+                      "the ablation, finished runs are reused")
+  if not os.path.exists(metrics):
+    raise UserError(f"the run in {workdir} ended without {metrics} (preempted?); rerun the ablation to resume it")
+  with open(metrics) as f:
+    return json.load(f)
+
+
+def _config_overrides(args: Sequence[str]) -> list[str]:
+  return [a for a in args if a.startswith(("--config.", "-config."))]
+
+
+def load_config(config: str, overrides: Sequence[str] = ()) -> Any:
+  """The config a run gets from ``--config=config`` and its ``--config.x=y`` overrides, loaded here.
+
+  A file that cannot be loaded or an override that does not apply is a
+  UserError, as it would be in ``camjax.main``.
+  """
+  from absl import flags
+  from ml_collections import config_flags
+
+  argv = ["camjax.ablation", f"--config={config}", *_config_overrides(overrides)]
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, flag_values=values, lock_config=True, sys_argv=argv)
+  try:
+    values(argv)
+    loaded = values.config
+    loaded.get("mode")  # a file that failed to load raises on first access
+    return loaded
+  except flags.Error as e:
+    raise UserError(f"{camjax_app.one_line(e)}; fix the override") from e
+  except (KeyError, AttributeError, OSError, TypeError, ValueError) as e:
+    raise UserError(camjax_app.config_flag_message(e, argv)) from e
+
+
+def check_field(config: Any, field: str) -> None:
+  """``field`` must name a value of ``config`` (a dotted path); a near miss gets a "did you mean" hint."""
+  node, path = config, []
+  for part in field.split("."):
+    keys = sorted(str(k) for k in node.keys()) if hasattr(node, "keys") else []
+    if part not in keys:
+      where = ".".join(path) or "the config"
+      close = difflib.get_close_matches(part, keys, n=1)
+      hint = (f"did you mean {'.'.join(path + close)}?" if close
+              else f"{where} has: {', '.join(keys)}" if keys else f"{where} is a value, not a section")
+      raise UserError(f"--field={field}: no config field {'.'.join(path + [part])}; {hint}")
+    node = node[part]
+    path.append(part)
+  if hasattr(node, "keys"):
+    raise UserError(f"--field={field} is a section, not a value; choose one of: "
+                    f"{', '.join(f'{field}.{k}' for k in sorted(node.keys()))}")
+
+
+def check_runs(config: str, field: str, values: Sequence[str], overrides: Sequence[str]) -> None:
+  """Before any run: the field exists and every value gives a config ``camjax.main`` accepts."""
+  from camjax import main as camjax_main
+
+  check_field(load_config(config, overrides), field)
+  for value in values:
+    run_config = load_config(config, [f"--config.{field}={value}", *overrides])
+    try:
+      camjax_main.validate_config(run_config, mode="train_and_eval")
+    except UserError as e:
+      raise UserError(f"with --config.{field}={value}: {e}") from e
+
+
+def summarize(runs: dict[str, list[dict]]) -> tuple[dict, str]:
+  """Mean and standard deviation (ddof=1 when there are several seeds) per value and metric."""
+  table: dict = {}
+  for value, results in runs.items():
+    table[value] = {}
+    for metric in METRICS:
+      xs = np.array([r[metric] for r in results if metric in r], np.float64)
+      if len(xs):
+        table[value][metric] = {"mean": float(xs.mean()), "std": float(xs.std(ddof=1)) if len(xs) > 1 else 0.0,
+                                "n": int(len(xs)), "values": xs.tolist()}
+  metrics = [m for m in METRICS if any(m in t for t in table.values())]
+  lines = ["| setting | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
+  for value, row in table.items():
+    cells = [f"{row[m]['mean']:.1f} ± {row[m]['std']:.1f}" if m in row else "-" for m in metrics]
+    lines.append(f"| {value} | " + " | ".join(cells) + " |")
+  return table, "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = camjax_app.ArgumentParser(prog="python -m camjax.ablation", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--config", required=True)
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--field", default="model.pooling", help="config field to vary")
+  parser.add_argument("--values", default="gap,gmp")
+  parser.add_argument("--seeds", default="0,1,2")
+  parser.add_argument("overrides", nargs="*", help="extra --config.x=y flags passed to every run (after --)")
+  args = parser.parse_args(argv)
+  values = [v for v in args.values.split(",") if v]
+  try:
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+  except ValueError:
+    raise UserError(f"--seeds={args.seeds}: give comma-separated integers, e.g. --seeds=0,1,2") from None
+  if not values or not seeds:
+    raise UserError("--values and --seeds need at least one entry each")
+  check_runs(args.config, args.field, values, args.overrides)
+  camjax_app.writable_dir(args.workdir, "--workdir")
+  runs: dict[str, list[dict]] = {}
+  for value in values:
+    for seed in seeds:
+      workdir = os.path.join(args.workdir, f"{args.field.replace('.', '_')}={value}", f"seed{seed}")
+      flags = [f"--config.{args.field}={value}", f"--config.training.seed={seed}", *args.overrides]
+      runs.setdefault(value, []).append(run_one(args.config, workdir, flags))
+  table, markdown = summarize(runs)
+  header = f"{args.field} over seeds {seeds} ({args.config}); mean ± standard deviation\n\n"
+  with open(os.path.join(args.workdir, "ablation.md"), "w") as f:
+    f.write(header + markdown + "\n")
+  with open(os.path.join(args.workdir, "ablation.json"), "w") as f:
+    json.dump({"field": args.field, "seeds": seeds, "config": args.config, "table": table}, f, indent=2)
+  print(header + markdown)
+  return 0
+
+
+def entry(argv: Sequence[str] | None = None) -> None:
+  sys.exit(camjax_app.guard(lambda: main(argv)))
+
+
+if __name__ == "__main__":
+  entry()

@@ -1,0 +1,108 @@
+"""The pure, jitted train step: gradients (with micro-batch accumulation), update, and a non-finite guard."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from camjax.train import sharding
+from camjax.train.state import COMPUTE_DTYPES, ModelDef
+
+log = logging.getLogger("camjax.train")
+
+
+class NonFiniteLossError(RuntimeError):
+  """The loss, the gradient norm or the updated parameters of a step became NaN or Inf.
+
+  The step's state is never saved: the newest checkpoint stays the last good one.
+  """
+
+
+def _nonfinite_arrays(tree: Any) -> dict:
+  """How many arrays of ``tree`` hold a NaN or Inf, and the leaf index of the first (scalars, inside jit).
+
+  One boolean per array instead of a global norm: a norm overflows to Inf for
+  large but finite weights.
+  """
+  leaves = jax.tree.leaves(tree)
+  if not leaves:
+    return {"count": jnp.zeros((), jnp.int32), "first": jnp.zeros((), jnp.int32)}
+  bad = jnp.stack([jnp.logical_not(jnp.all(jnp.isfinite(x))) for x in leaves])
+  return {"count": jnp.sum(bad, dtype=jnp.int32), "first": jnp.argmax(bad).astype(jnp.int32)}
+
+
+def nonfinite_message(metrics: dict, param_paths: list[str], stats_paths: list[str]) -> str | None:
+  """What went NaN or Inf in one step's host metrics (``loss``, ``grad_norm``, ``nonfinite``), or None."""
+  found = [f"{name} is {float(metrics[name])}" for name in ("loss", "grad_norm") if not np.isfinite(metrics[name])]
+  groups = (("params", param_paths, "parameters"), ("batch_stats", stats_paths, "BatchNorm statistics"))
+  for group, paths, what in groups:
+    report = metrics["nonfinite"][group]
+    count = int(report["count"])
+    if count:
+      first = paths[int(report["first"])] if int(report["first"]) < len(paths) else "?"
+      found.append(f"the updated {what} hold NaN/Inf in {count} of {len(paths)} arrays (e.g. {group}/{first})")
+  return ", ".join(found) or None
+
+
+def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    config: Any, mesh) -> Callable:
+  """The pure step ``(state, batch) -> (state, metrics)``; gradient accumulation over micro-batches."""
+  accum = int(config.training.grad_accum_steps)
+  dtype = COMPUTE_DTYPES[config.model.dtype]
+  nan_step = int(config.training.debug_nan_at_step)
+
+  def loss_fn(params, batch_stats, other, images, labels, step):
+    model = model_def.merge(params, batch_stats, other, train=True)
+    logits, _ = model(images.astype(dtype))
+    logits = logits.astype(jnp.float32)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    if nan_step >= 0:  # tests only: the loss of step number nan_step (1-based) becomes NaN
+      loss = loss * jnp.where(step + 1 == nan_step, jnp.nan, 1.0)
+    _, new_stats, new_other = model_def.split(model)
+    correct = jnp.sum(jnp.argmax(logits, -1) == labels)
+    return loss, (correct, new_stats, new_other)
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def step_fn(state, batch):
+    images, labels, step = batch["image"], batch["label"], state["step"]
+    params = state["params"]
+    if accum == 1:
+      (loss, (correct, stats, other)), grads = grad_fn(params, state["batch_stats"], state["other"], images, labels, step)
+    else:
+      # Micro-batch i holds rows j * accum + i, so every device keeps its own rows.
+      micro = NamedSharding(mesh, P(None, sharding.DATA))
+
+      def split(x):
+        x = x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1)
+        return jax.lax.with_sharding_constraint(x, micro)
+
+      def body(carry, mb):
+        g_sum, loss_sum, correct_sum, stats, other = carry
+        (loss, (correct, stats, other)), g = grad_fn(params, stats, other, mb[0], mb[1], step)
+        g_sum = jax.tree.map(jnp.add, g_sum, g)
+        return (g_sum, loss_sum + loss, correct_sum + correct, stats, other), None
+
+      zeros = jax.tree.map(jnp.zeros_like, params)
+      init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), state["batch_stats"], state["other"])
+      (grads, loss, correct, stats, other), _ = jax.lax.scan(body, init, (split(images), split(labels)))
+      grads = jax.tree.map(lambda g: g / accum, grads)
+      loss = loss / accum
+    updates, opt_state = tx.update(grads, state["opt_state"], params)
+    new_params = optax.apply_updates(params, updates)
+    new_state = {"step": step + 1, "params": new_params, "batch_stats": stats, "other": other,
+                 "opt_state": opt_state}
+    # A few scalars for the host's guard: the loop never saves a state whose report is not clean.
+    nonfinite = {"params": _nonfinite_arrays(new_params), "batch_stats": _nonfinite_arrays(stats)}
+    metrics = {"loss": loss, "accuracy": correct / labels.shape[0], "learning_rate": schedule(step),
+               "grad_norm": optax.global_norm(grads), "nonfinite": nonfinite}
+    return new_state, metrics
+
+  return step_fn
