@@ -36,6 +36,22 @@ def test_param_spec_shards_output_channels_of_kernels_only():
   assert sharding.tree_shardings(mesh, tree)["mu"]["conv"]["kernel"].spec == P()
 
 
+def test_host_contiguity_of_mesh_rows():
+  # The batch layout needs every process's devices to fill adjacent whole rows of 'data'.
+  assert sharding.rows_are_host_contiguous(np.array([[0, 0], [0, 0], [1, 1], [1, 1]]))
+  assert sharding.rows_are_host_contiguous(np.array([[1], [1], [0], [0]]))  # any process order, if adjacent
+  assert not sharding.rows_are_host_contiguous(np.array([[0], [1], [0], [1]]))  # interleaved hosts
+  assert not sharding.rows_are_host_contiguous(np.array([[0, 0], [1, 1], [0, 0]]))
+
+
+def test_mesh_uses_jax_make_mesh_with_auto_axes_and_host_contiguous_rows():
+  mesh = sharding.make_mesh(-1, 1)
+  assert mesh.axis_names == (sharding.DATA, sharding.MODEL)
+  assert set(mesh.axis_types) == {jax.sharding.AxisType.Auto}
+  assert sharding.rows_are_host_contiguous(np.vectorize(lambda d: d.process_index)(mesh.devices))
+  assert sharding.path_str(jax.tree_util.tree_flatten_with_path({"a": [{"b": 1}]})[0][0][0]) == "a/0/b"
+
+
 def test_batch_size_must_divide_over_data_devices():
   mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
   assert sharding.host_local_batch_size(8, mesh) == 8

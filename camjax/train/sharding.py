@@ -37,29 +37,40 @@ def mesh_shape(data: int, model: int, num_devices: int) -> tuple[int, int]:
 
 
 def make_mesh(data: int = -1, model: int = 1, devices: list | None = None) -> Mesh:
-  """A ('data', 'model') mesh over all devices (of all processes), in jax.devices() order.
+  """A ('data', 'model') mesh over all devices (of all processes).
 
-  Devices of one process are contiguous along 'data', so each host's local batch
-  is one contiguous block of the global batch.
+  ``jax.make_mesh`` picks a device order that suits the interconnect. Each host's
+  local batch must be one contiguous block of the global batch, so every process's
+  devices must fill whole, adjacent rows of 'data' (``rows_are_host_contiguous``);
+  where the interconnect order breaks that, the mesh falls back to jax.devices()
+  order, in which the devices of a process are adjacent.
   """
   devices = list(jax.devices() if devices is None else devices)
   data, model = mesh_shape(data, model, len(devices))
-  return Mesh(np.asarray(devices, dtype=object).reshape(data, model), (DATA, MODEL))
+  auto = (jax.sharding.AxisType.Auto,) * 2
+  mesh = jax.make_mesh((data, model), (DATA, MODEL), axis_types=auto, devices=devices)
+  if not rows_are_host_contiguous(np.vectorize(lambda d: d.process_index)(mesh.devices)):
+    mesh = Mesh(np.asarray(devices, dtype=object).reshape(data, model), (DATA, MODEL), axis_types=auto)
+  return mesh
+
+
+def rows_are_host_contiguous(process_of: np.ndarray) -> bool:
+  """True when, in a (data, model) grid of process indices, each process owns a run of adjacent whole rows."""
+  rows = [set(np.unique(row).tolist()) for row in process_of]
+  if any(len(r) != 1 for r in rows):
+    return all(r == rows[0] for r in rows)  # the model axis spans processes: validate_config refuses it
+  owners = [r.pop() for r in rows]
+  seen: set[int] = set()
+  for i, owner in enumerate(owners):
+    if owner in seen and owners[i - 1] != owner:
+      return False
+    seen.add(owner)
+  return True
 
 
 def path_str(path: tuple) -> str:
   """'blocks/0/conv/kernel' from a jax key path (dict keys, sequence indices, attributes)."""
-  parts = []
-  for key in path:
-    if isinstance(key, jax.tree_util.DictKey):
-      parts.append(str(key.key))
-    elif isinstance(key, jax.tree_util.SequenceKey):
-      parts.append(str(key.idx))
-    elif isinstance(key, jax.tree_util.GetAttrKey):
-      parts.append(str(key.name))
-    else:
-      parts.append(str(key))
-  return "/".join(parts)
+  return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def param_spec(path: str, shape: tuple[int, ...], model_size: int) -> P:
