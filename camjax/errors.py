@@ -17,5 +17,9 @@ class UserError(ValueError):
   """Bad input a user can fix; the message is one line saying what to change."""
 
 
+class ConfigError(UserError):
+  """A config value that cannot work; the message names the ``--config.*`` field to change."""
+
+
 class MissingFileError(UserError, FileNotFoundError):
   """A file or folder the user must provide is not there; still a FileNotFoundError for library callers."""

@@ -22,7 +22,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from camjax import app as camjax_app
-from camjax.errors import UserError
+from camjax.errors import ConfigError, UserError
 
 MODES = ("train", "eval", "train_and_eval")
 DTYPES = ("float32", "bfloat16")
@@ -42,10 +42,6 @@ camjax_app.define_verbose_flag()
 DISTRIBUTED_ENV = "CAMJAX_DISTRIBUTED"
 # The config of the run that started the workdir (see run_config_path).
 CONFIG_FILE = "config.json"
-
-
-class ConfigError(UserError):
-  """A config value that cannot work; the message says what to change."""
 
 
 def validate_config(config: Any, *, num_devices: int | None = None, mode: str = "train",
@@ -81,17 +77,9 @@ def validate_config(config: Any, *, num_devices: int | None = None, mode: str = 
     if t.log_every < 1 or t.checkpoint_every < 1:
       raise ConfigError("training.log_every and training.checkpoint_every must be >= 1")
   if num_devices is not None:
-    model = config.mesh.model
-    if model < 1 or num_devices % model:
-      raise ConfigError(f"mesh.model={model} does not divide the {num_devices} devices; "
-                        f"set --config.mesh.model to a divisor of {num_devices}")
-    if local_devices is not None and local_devices % model:
-      raise ConfigError(f"mesh.model={model} spans processes (each has {local_devices} devices): every process "
-                        f"reads its own batch rows; set --config.mesh.model to a divisor of {local_devices}")
-    data = config.mesh.data if config.mesh.data != -1 else num_devices // model
-    if data * model != num_devices:
-      raise ConfigError(f"mesh.data={config.mesh.data} x mesh.model={model} != {num_devices} devices; "
-                        "set --config.mesh.data=-1")
+    from camjax.train import sharding
+
+    data, _ = sharding.mesh_shape(config.mesh.data, config.mesh.model, num_devices, local_devices=local_devices)
     if t.global_batch_size % data:
       raise ConfigError(f"training.global_batch_size={t.global_batch_size} is not divisible by the {data} "
                         f"data-parallel devices; set it to a multiple of {data}")

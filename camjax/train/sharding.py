@@ -17,22 +17,30 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from camjax.errors import ConfigError
+
 DATA = "data"
 MODEL = "model"
 
 
-def mesh_shape(data: int, model: int, num_devices: int) -> tuple[int, int]:
-  """Resolve ``data=-1`` (all devices left over) and check the product matches the devices."""
-  if model < 1:
-    raise ValueError(f"mesh.model must be >= 1, got {model}; set --config.mesh.model=1")
+def mesh_shape(data: int, model: int, num_devices: int, *, local_devices: int | None = None) -> tuple[int, int]:
+  """Resolve ``data=-1`` (all devices left over) and check the mesh fits the devices.
+
+  ``local_devices`` (the devices of one process) also checks that the model axis stays
+  inside a process: each process reads its own batch rows, so processes must not share
+  a data-parallel row.
+  """
+  if model < 1 or num_devices % model:
+    raise ConfigError(f"mesh.model={model} does not divide the {num_devices} devices; "
+                      f"set --config.mesh.model to a divisor of {num_devices}")
+  if local_devices is not None and local_devices % model:
+    raise ConfigError(f"mesh.model={model} spans processes (each has {local_devices} devices): every process "
+                      f"reads its own batch rows; set --config.mesh.model to a divisor of {local_devices}")
   if data == -1:
-    if num_devices % model:
-      raise ValueError(f"mesh.model={model} does not divide the {num_devices} devices; "
-                       f"set --config.mesh.model to a divisor of {num_devices}")
     data = num_devices // model
   if data * model != num_devices:
-    raise ValueError(f"mesh.data * mesh.model = {data} * {model} != {num_devices} devices; "
-                     "set --config.mesh.data=-1 to use all devices")
+    raise ConfigError(f"mesh.data * mesh.model = {data} * {model} != {num_devices} devices; "
+                      "set --config.mesh.data=-1 to use all devices")
   return data, model
 
 
