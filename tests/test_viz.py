@@ -12,9 +12,10 @@ from camjax.report import figures as viz
 
 
 def test_jet_reference_values():
+  # OpenCV's jet table, looked up at round(255 * x) and returned as RGB (OpenCV's own order is BGR).
   got = viz.colormap(np.array([0.0, 0.5, 1.0, 0.25, -3.0]), "jet")
   np.testing.assert_array_equal(got[0], [0, 0, 128])  # dark blue
-  np.testing.assert_array_equal(got[1], [128, 255, 128])
+  np.testing.assert_array_equal(got[1], [130, 255, 126])  # level 128
   np.testing.assert_array_equal(got[2], [128, 0, 0])  # dark red
   np.testing.assert_array_equal(got[3], [0, 128, 255])
   np.testing.assert_array_equal(got[4], got[0])  # clipped
@@ -26,9 +27,34 @@ def test_turbo_runs_blue_to_red():
   assert rgb.shape == (11, 3) and rgb.dtype == np.int64
   assert rgb[2, 2] > rgb[2, 0]  # low end bluish
   assert rgb[9, 0] > rgb[9, 2]  # high end reddish
-  np.testing.assert_array_equal(viz.colormap(np.array([0.0]), "turbo")[0], [35, 23, 27])
+  # The ends of the published Turbo table (Mikhailov 2019): (0.18995, 0.07176, 0.23217) and
+  # (0.47960, 0.01583, 0.01055), times 255 and rounded.
+  np.testing.assert_array_equal(viz.colormap(np.array([0.0, 1.0]), "turbo"), [[48, 18, 59], [122, 4, 3]])
   with pytest.raises(ValueError, match="colour map"):
     viz.colormap(x, "viridis")
+
+
+def test_gray_and_shapes():
+  x = np.array([[0.0, 0.5], [1.0, 2.0]])
+  gray = viz.colormap(x, "gray")
+  assert gray.shape == (2, 2, 3) and gray.dtype == np.uint8
+  np.testing.assert_array_equal(gray[..., 0], [[0, 128], [255, 255]])
+  assert (gray == gray[..., :1]).all()
+  assert viz.colormap(np.zeros((0,)), "jet").shape == (0, 3)
+  assert viz.colormap(np.linspace(0, 1, 12).reshape(3, 4), "turbo").shape == (3, 4, 3)
+
+
+def test_maps_are_resized_and_normalised_as_the_evaluators_do():
+  import cv2
+
+  from camjax.localization import maps
+
+  cam = np.random.default_rng(1).random((7, 9)).astype(np.float32)
+  np.testing.assert_array_equal(viz.resize_map(cam, (28, 36)),
+                                cv2.resize(cam, (36, 28), interpolation=cv2.INTER_LINEAR))
+  np.testing.assert_array_equal(viz.normalize_map(cam), maps.min_max(cam))
+  np.testing.assert_array_equal(viz.normalize_map(np.full((3, 3), 2.0)), np.zeros((3, 3)))
+  np.testing.assert_array_equal(viz.normalize_map(np.array([[0.0, np.inf]])), np.zeros((1, 2)))
 
 
 def test_overlay_blends_and_follows_the_map():

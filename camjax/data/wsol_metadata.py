@@ -22,7 +22,7 @@ SPLIT_FOLDERS = {"train": "train", "train_fullsup": "val", "test": "test"}
 
 
 def find_metadata_dir(root: str | os.PathLike, dataset: str) -> str | None:
-  """``root/<dataset>`` (wsolevaluation layout ``metadata/ILSVRC``) or ``root`` itself, whichever holds split folders."""
+  """``root/<dataset>`` (wsolevaluation layout ``metadata/ILSVRC``) or ``root`` itself: whichever has split folders."""
   for cand in (os.path.join(root, dataset), os.fspath(root)):
     if any(os.path.isfile(os.path.join(cand, folder, "image_ids.txt")) for folder in SPLIT_FOLDERS.values()):
       return cand
@@ -31,7 +31,8 @@ def find_metadata_dir(root: str | os.PathLike, dataset: str) -> str | None:
 
 def available_splits(metadata_dir: str | os.PathLike) -> list[str]:
   """camjax split names whose folder has an ``image_ids.txt``."""
-  return [s for s, folder in SPLIT_FOLDERS.items() if os.path.isfile(os.path.join(metadata_dir, folder, "image_ids.txt"))]
+  return [s for s, folder in SPLIT_FOLDERS.items()
+          if os.path.isfile(os.path.join(metadata_dir, folder, metadata.IMAGE_IDS))]
 
 
 def read_split(split_dir: str | os.PathLike) -> list[Item]:

@@ -24,12 +24,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import traverse_util
 from jax.experimental import multihost_utils
 
 from camjax import cam
 from camjax.train import data as train_data, sharding
 from camjax.data import pipeline
 from camjax.errors import UserError
+from camjax.localization.maps import min_max  # per-map min-max to [0, 1], as the saved-map scorer
 from camjax.train.metrics import MetricsWriter
 from camjax.models.base import NotCamCompatible
 
@@ -59,14 +61,8 @@ def _local(x: jax.Array, mesh: Any) -> np.ndarray:
   """This process's rows of a batch-sharded global array."""
   if jax.process_count() == 1:
     return np.asarray(x)
-  return np.asarray(multihost_utils.global_array_to_host_local_array(x, mesh, jax.sharding.PartitionSpec(sharding.DATA)))
-
-
-def min_max(maps: np.ndarray) -> np.ndarray:
-  """Per-map min-max normalisation to [0, 1] (a constant map becomes all zeros)."""
-  lo = maps.min(axis=(-2, -1), keepdims=True)
-  span = maps.max(axis=(-2, -1), keepdims=True) - lo
-  return np.where(span > 0, (maps - lo) / np.where(span > 0, span, 1), 0.0).astype(np.float32)
+  spec = jax.sharding.PartitionSpec(sharding.DATA)
+  return np.asarray(multihost_utils.global_array_to_host_local_array(x, mesh, spec))
 
 
 def _merge_across_processes(accumulator: Any) -> None:
@@ -160,7 +156,7 @@ def evaluate(model_state: Any, config: Any, workdir: str) -> dict:
     boxes = [np.asarray(b[:n]).round().astype(np.int64) for b, n in zip(np.asarray(batch["boxes"])[valid], nb)]
     if paper is not None:
       paper.add(maps[:, :top_k], ids[:, :top_k], [int(v) for v in label], boxes, gt_known_cams=maps[:, top_k])
-    gt_maps = min_max(maps[:, top_k])
+    gt_maps = min_max(maps[:, top_k], dtype=np.float32)
     if wsol is not None:
       wsol.add(gt_maps, boxes, top1_correct=ids[:, 0] == label)
     masks = np.asarray(batch["mask"])[valid] > 0 if "mask" in batch else None
@@ -198,12 +194,8 @@ def evaluate(model_state: Any, config: Any, workdir: str) -> dict:
   return results
 
 
-def _flatten(results: dict, prefix: str = "") -> dict:
-  flat = {}
-  for key, value in results.items():
-    name = f"{prefix}{key}"
-    if isinstance(value, dict):
-      flat.update(_flatten(value, name + "/"))
-    elif isinstance(value, (int, float)) and key not in ("step",):
-      flat[name] = value
-  return flat
+def _flatten(results: dict) -> dict:
+  """Numeric leaves of the nested results as ``a/b/c`` keys for ``metrics.jsonl`` (steps, lists, strings dropped)."""
+  flat = traverse_util.flatten_dict(results)  # tuple keys (not sep='/'): the 'step' test sees the key itself
+  return {"/".join(map(str, path)): value for path, value in flat.items()
+          if isinstance(value, (int, float)) and path[-1] not in ("step",)}

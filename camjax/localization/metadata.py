@@ -83,7 +83,7 @@ def _numbers(path: str, lineno: int, line: str, values: list[str], layout: str, 
 
 
 def localization_kind(split_dir: str | os.PathLike) -> str:
-  """``masks`` when the first line of ``localization.txt`` has three fields (id,mask_path,ignore_path), else ``boxes``."""
+  """``masks`` when the first line of ``localization.txt`` has three fields (id,mask,ignore); else ``boxes``."""
   first = next(_lines(os.path.join(os.fspath(split_dir), LOCALIZATION)), None)
   return MASKS if first is not None and first[1].count(",") == 2 else BOXES
 

@@ -1,53 +1,48 @@
 """Pictures of class activation maps: overlays, boxes, top-k grids, class-specific units, HTML report.
 
-Pillow + NumPy only. Images are uint8 (H, W, 3) RGB; maps are float (h, w) at
-any resolution (they are resized bilinearly to the image). Boxes are
-``(x0, y0, x1, y1)`` inclusive pixel coordinates; ground truth is drawn green
-and predictions red, as in the paper's figures.
+Pillow + NumPy for drawing; OpenCV for the colour maps and, through
+``camjax.localization.maps``, for resizing and normalising maps as the evaluators do.
+Images are uint8 (H, W, 3) RGB; maps are float (h, w) at any resolution (they are
+resized bilinearly to the image). Boxes are ``(x0, y0, x1, y1)`` inclusive pixel
+coordinates; ground truth is drawn green and predictions red, as in the paper's figures.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import os
 from typing import Any, Sequence
 
+import cv2
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from camjax.localization import maps
 
 GT_COLOR = (0, 200, 0)
 PRED_COLOR = (230, 0, 0)
 BACKGROUND = (255, 255, 255)
 TEXT_COLOR = (20, 20, 20)
 
-# Polynomial fit of the Turbo colour map (Mikhailov 2019), one degree-5 polynomial per channel.
-_TURBO = np.array([
-    [0.13572138, 4.61539260, -42.66032258, 132.13108234, -152.94239396, 59.28637943],
-    [0.09140261, 2.19418839, 4.84296658, -14.18503333, 4.27729857, 2.82956604],
-    [0.10667330, 12.64194608, -60.58204836, 110.36276771, -89.90310912, 27.34824973],
-])
+_CV2_COLORMAPS = {"jet": cv2.COLORMAP_JET, "turbo": cv2.COLORMAP_TURBO}
 
 
 def colormap(values: np.ndarray, name: str = "jet") -> np.ndarray:
   """Values in [0, 1] (clipped) -> uint8 RGB of shape ``values.shape + (3,)``.
 
-  ``jet``: piecewise linear blue-cyan-yellow-red, each channel ``clip(1.5 - |4x - c|)``
-  with c = 3, 2, 1 for R, G, B. ``turbo``: its perceptually smoother successor.
+  ``jet`` and ``turbo`` (its perceptually smoother successor) are OpenCV's 256-entry tables,
+  looked up at ``round(255 * x)``; ``gray`` is that level on all three channels.
   """
   x = np.clip(np.asarray(values, np.float32), 0.0, 1.0)
-  if name == "jet":
-    rgb = np.stack([np.clip(1.5 - np.abs(4.0 * x - c), 0.0, 1.0) for c in (3.0, 2.0, 1.0)], axis=-1)
-  elif name == "turbo":
-    powers = np.stack([x ** i for i in range(6)], axis=-1)
-    rgb = np.clip(powers @ _TURBO.T.astype(np.float32), 0.0, 1.0)
-  elif name == "gray":
-    rgb = np.repeat(x[..., None], 3, axis=-1)
-  else:
+  if name != "gray" and name not in _CV2_COLORMAPS:
     raise ValueError(f"colour map must be 'jet', 'turbo' or 'gray', got {name!r}")
-  return np.round(rgb * 255.0).astype(np.uint8)
+  levels = np.round(x * 255.0).astype(np.uint8)
+  if name == "gray" or levels.size == 0:  # OpenCV refuses an empty array
+    return np.repeat(levels[..., None], 3, axis=-1)
+  bgr = cv2.applyColorMap(levels.reshape(-1, 1), _CV2_COLORMAPS[name])  # OpenCV tables are BGR
+  return bgr[:, 0, ::-1].reshape(x.shape + (3,))
 
 
 def _as_image(image: Any) -> np.ndarray:
@@ -63,25 +58,20 @@ def _as_image(image: Any) -> np.ndarray:
 
 
 def resize_map(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-  """Bilinear resize of a float (h, w) map to ``size`` = (H, W) (pixel centres aligned)."""
-  cam = np.asarray(cam, np.float32)
-  if cam.ndim != 2:
-    raise ValueError(f"map must be (h, w), got shape {cam.shape}")
-  if cam.shape == tuple(size):
-    return cam
-  return np.asarray(Image.fromarray(cam).resize((size[1], size[0]), Image.BILINEAR), np.float32)
+  """Bilinear resize of a float (h, w) map to ``size`` = (H, W) (pixel centres aligned), as the evaluators do."""
+  return maps.resize_map(cam, size, interpolation="linear", dtype=np.float32)
 
 
 def normalize_map(cam: np.ndarray) -> np.ndarray:
-  """Min-max scale to [0, 1]; a constant map becomes zeros."""
+  """Min-max scale to [0, 1]; a constant map, or one with NaN or Inf, becomes zeros."""
   cam = np.asarray(cam, np.float32)
-  lo, hi = float(cam.min()), float(cam.max())
-  if not np.isfinite(lo) or not np.isfinite(hi) or hi <= lo:
+  if not np.isfinite(cam).all():
     return np.zeros_like(cam)
-  return (cam - lo) / (hi - lo)
+  return maps.min_max(cam, dtype=np.float32)
 
 
-def overlay(image: Any, cam: np.ndarray, *, alpha: float = 0.5, cmap: str = "jet", normalize: bool = True) -> np.ndarray:
+def overlay(image: Any, cam: np.ndarray, *, alpha: float = 0.5, cmap: str = "jet",
+            normalize: bool = True) -> np.ndarray:
   """Blend the colour-mapped ``cam`` (resized to the image) over ``image``: ``(1 - alpha) * image + alpha * heat``."""
   img = _as_image(image)
   if not 0.0 <= alpha <= 1.0:

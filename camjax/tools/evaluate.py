@@ -76,7 +76,8 @@ def write_json(path: str, data: Any) -> None:
 def build_parser() -> argparse.ArgumentParser:
   parser = app.ArgumentParser(prog="python -m camjax.evaluate", description=__doc__.split("\n\n")[0])
   parser.add_argument("--scoremaps", required=True, help="directory of <image_id>.npy or one .npz keyed by image id")
-  parser.add_argument("--metadata", required=True, help="directory with image_ids.txt, image_sizes.txt, localization.txt")
+  parser.add_argument("--metadata", required=True,
+                      help="directory with image_ids.txt, image_sizes.txt, localization.txt")
   parser.add_argument("--protocol", choices=("wsol", "paper"), default="wsol")
   parser.add_argument("--output", help="write the results as JSON here (checked before scoring, written on success)")
   parser.add_argument("--cam-curve-interval", type=float, default=0.01)
