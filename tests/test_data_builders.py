@@ -12,7 +12,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from camjax import data
-from camjax.data import records, shapes
+from camjax.data import bad_data, boxes as B, examples, records, shapes
 from tests import fake_layouts as fake
 
 
@@ -23,7 +23,7 @@ def _all(builder, split):
 
 def _pixel_boxes(rec):
   h, w = rec["image"].shape[:2]
-  return [tuple(int(v) for v in b) for b in records.normalized_to_pixel(np.asarray(rec["bboxes"], np.float32).reshape(-1, 4), h, w)]
+  return [tuple(int(v) for v in b) for b in B.normalized_to_pixel(np.asarray(rec["bboxes"], np.float32).reshape(-1, 4), h, w)]
 
 
 def _shard_digests(builder):
@@ -46,19 +46,19 @@ def test_box_conversion_round_trip():
   x1 = x0 + rng.integers(0, w - x0)
   y1 = y0 + rng.integers(0, h - y0)
   px = np.stack([x0, y0, x1, y1], -1)
-  norm = records.pixel_to_normalized(px, h, w)
+  norm = B.pixel_to_normalized(px, h, w)
   assert norm.shape == (50, 4) and norm.min() >= 0 and norm.max() <= 1
   np.testing.assert_allclose(norm[0], [y0[0] / h, x0[0] / w, (y1[0] + 1) / h, (x1[0] + 1) / w], rtol=1e-6)
-  np.testing.assert_array_equal(records.normalized_to_pixel(norm, h, w), px)
+  np.testing.assert_array_equal(B.normalized_to_pixel(norm, h, w), px)
   # A whole-image box.
-  np.testing.assert_array_equal(records.pixel_to_normalized([0, 0, w - 1, h - 1], h, w), [0, 0, 1, 1])
+  np.testing.assert_array_equal(B.pixel_to_normalized([0, 0, w - 1, h - 1], h, w), [0, 0, 1, 1])
 
 
 def test_check_box_rejects_impossible_boxes():
   assert records.check_box((0, 0, 10, 10), 20, 20) == (0, 0, 10, 10)
   assert records.check_box((1, 1, 20, 20), 20, 20) == (1, 1, 19, 19)  # 1-based far edge is clipped
   for box in [(10, 0, 5, 5), (0, 10, 5, 5), (-3, 0, 5, 5), (0, 0, 25, 5), (0, 0, float("nan"), 5)]:
-    with pytest.raises(records.BadExample, match="bad_box"):
+    with pytest.raises(bad_data.BadExample, match="bad_box"):
       records.check_box(box, 20, 20)
 
 
@@ -95,8 +95,8 @@ def test_shapes_other_seed_differs(tmp_path):
   assert len(recs) == 4
   for key, rec in recs.items():
     index = int(key.split("/")[1])
-    seed0 = records.features(with_mask=True, names=list(shapes.CLASS_NAMES)).decode_example_np(
-        records.features(with_mask=True, names=list(shapes.CLASS_NAMES)).encode_example(
+    seed0 = examples.features(with_mask=True, names=list(shapes.CLASS_NAMES)).decode_example_np(
+        examples.features(with_mask=True, names=list(shapes.CLASS_NAMES)).encode_example(
             shapes.make_example(spec, 0, "train", index)))
     assert not np.array_equal(rec["image"], seed0["image"])
 
@@ -111,7 +111,7 @@ def test_shapes_records_consistent(tiny_builders):
     for key, rec in _all(builder, split).items():
       assert key.startswith(f"{split}/") and rec["image"].shape == (32, 32, 3) and rec["mask"].shape == (32, 32, 1)
       assert set(np.unique(rec["mask"])) <= {0, 255}
-      tight = records.tight_box(rec["mask"])
+      tight = B.tight_box(rec["mask"])
       (box,) = _pixel_boxes(rec)
       assert np.abs(np.subtract(box, tight)).max() <= 1, (key, box, tight)
       extent = max(tight[2] - tight[0] + 1, tight[3] - tight[1] + 1)
@@ -288,7 +288,7 @@ def test_bad_data_skip_counts_and_reports(tmp_path, caplog, case):
   report = data.read_bad_examples(builder)
   assert report["counts"] == {split: {kind: 1}}
   assert [e["id"] for e in report["examples"][split]] == [bad_id]
-  with open(os.path.join(builder.data_dir, records.BAD_EXAMPLES_FILE)) as f:
+  with open(os.path.join(builder.data_dir, bad_data.BAD_EXAMPLES_FILE)) as f:
     assert json.load(f)["counts"][split][kind] == 1
   assert any(bad_id in r.getMessage() for r in caplog.records)
 
@@ -341,5 +341,5 @@ def test_check_image_keeps_jpeg_and_converts_cmyk():
   stored, h, w = records.check_image(buf.getvalue())
   with Image.open(io.BytesIO(stored)) as img:
     assert (img.format, img.mode, img.size, (h, w)) == ("PNG", "RGB", (12, 8), (8, 12))
-  with pytest.raises(records.BadExample, match="corrupt_image"):
+  with pytest.raises(bad_data.BadExample, match="corrupt_image"):
     records.check_image(rgb[: len(rgb) // 2])

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from camjax.data import pipeline as P
+from camjax.data import boxes as B
 from camjax.data import transforms as T
 
 MEAN, STD = np.array(T.IMAGENET_MEAN), np.array(T.IMAGENET_STD)
@@ -22,7 +23,7 @@ def _record(index: int, masks: bool = False) -> dict:
   image[y0:y0 + bh, x0:x0 + bw] = 255
   box = [[x0, y0, x0 + bw - 1, y0 + bh - 1]]
   record = {"image": image, "label": index % 5, "id": f"img{index:03d}".encode(),
-            "bboxes": T.pixel_to_normalized_boxes(box, height, width)}
+            "bboxes": B.pixel_to_normalized(box, height, width)}
   if masks:
     record["mask"] = image[:, :, :1].copy()
   return record
@@ -58,7 +59,7 @@ def _check_alignment(batch, with_mask: bool):
   checked = 0
   for i in np.nonzero(batch["valid"])[0]:
     n = batch["num_boxes"][i]
-    from_image = T.box_from_pixels(_pixels(batch)[i])
+    from_image = B.tight_box(_pixels(batch)[i])
     if n == 0:
       assert from_image is None
       continue
@@ -68,7 +69,7 @@ def _check_alignment(batch, with_mask: bool):
       continue  # a sliver left by the crop: too faint to recover from pixels
     np.testing.assert_allclose(box, from_image, atol=1)
     if with_mask:
-      np.testing.assert_array_equal(box, T.box_from_pixels(batch["mask"][i]))
+      np.testing.assert_array_equal(box, B.tight_box(batch["mask"][i]))
     checked += 1
   return checked
 
@@ -104,7 +105,7 @@ def test_no_mask_key_without_masks_and_wsol_rounding():
   for i in range(3):
     record = source[i]
     height, width = record["image"].shape[:2]
-    pixel = T.normalized_to_pixel_boxes(record["bboxes"], height, width)
+    pixel = B.normalized_to_pixel_unchecked(record["bboxes"], height, width)
     np.testing.assert_array_equal(batch["boxes"][i, :1],
                                   T.wsol_scale_boxes(pixel, height, width, 224))
 
@@ -404,7 +405,7 @@ def test_tfds_source_through_both_pipelines(shapes_source):
   for batch in runs[0] + runs[1]:
     for i in np.nonzero(batch["valid"])[0]:
       # The stored box is the tight box of the stored mask; upscaled, they stay equal.
-      np.testing.assert_array_equal(batch["boxes"][i, 0], T.box_from_pixels(batch["mask"][i]))
+      np.testing.assert_array_equal(batch["boxes"][i, 0], B.tight_box(batch["mask"][i]))
       checked += 1
   assert checked == n
   it = P.train_iterator(shapes_source, global_batch_size=8, image_size=24, seed=0,

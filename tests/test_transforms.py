@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from camjax.data import boxes as B
 from camjax.data import transforms as T
 
 SHAPES = [(48, 64), (64, 48), (50, 50), (375, 500), (500, 333), (30, 90)]
@@ -32,8 +33,8 @@ def _mapped_extent(box, region, out_size):
 
 def _assert_aligned(out: T.Example, min_extent: float):
   """The box equals (within 1 px) the box recomputed from the image and from the mask."""
-  from_image = T.box_from_pixels(out.image[:, :, 0] > 127)
-  from_mask = T.box_from_pixels(out.mask > 127)
+  from_image = B.tight_box(out.image[:, :, 0] > 127)
+  from_mask = B.tight_box(out.mask > 127)
   if len(out.boxes) == 0:
     assert from_image is None and from_mask is None
     return
@@ -125,7 +126,7 @@ def test_resize_scales_boxes_by_pixel_extent():
 def test_flip_maps_boxes_and_pixels():
   ex = _rect_example(np.random.default_rng(3), 20, 30)
   out = T.horizontal_flip(ex)
-  np.testing.assert_array_equal(out.boxes[0], T.box_from_pixels(out.image[:, :, 0]))
+  np.testing.assert_array_equal(out.boxes[0], B.tight_box(out.image[:, :, 0]))
   np.testing.assert_array_equal(T.horizontal_flip(out).image, ex.image)
   np.testing.assert_array_equal(T.horizontal_flip(out).boxes, ex.boxes)
 
@@ -153,12 +154,12 @@ def test_normalized_pixel_round_trip():
   x1 = x0 + rng.integers(0, width - x0)
   y1 = y0 + rng.integers(0, height - y0)
   boxes = np.stack([x0, y0, x1, y1], 1)
-  norm = T.pixel_to_normalized_boxes(boxes, height, width)
+  norm = B.pixel_to_normalized(boxes, height, width)
   assert norm.dtype == np.float32
-  np.testing.assert_array_equal(T.normalized_to_pixel_boxes(norm, height, width), boxes)
+  np.testing.assert_array_equal(B.normalized_to_pixel_unchecked(norm, height, width), boxes)
   np.testing.assert_array_equal(
-      T.normalized_to_pixel_boxes([[0, 0, 1, 1]], height, width), [[0, 0, width - 1, height - 1]])
-  assert T.normalized_to_pixel_boxes([], height, width).shape == (0, 4)
+      B.normalized_to_pixel_unchecked([[0, 0, 1, 1]], height, width), [[0, 0, width - 1, height - 1]])
+  assert B.normalized_to_pixel_unchecked([], height, width).shape == (0, 4)
 
 
 def test_check_boxes_sorts_bad_and_clipped():

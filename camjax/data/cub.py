@@ -22,9 +22,9 @@ import os
 
 import tensorflow_datasets as tfds
 
-from camjax.data import records, wsol_metadata
+from camjax.data import examples, records, wsol_metadata
 from camjax.data.archives import Source
-from camjax.data.records import BadExample
+from camjax.data.bad_data import BadExample
 from camjax.errors import MissingFileError
 
 ARCHIVE = "CUB_200_2011.tgz"
@@ -88,7 +88,7 @@ class Cub2002011(records.BuilderMixin, tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(builder=self, description=__doc__,
-                                 features=records.features(with_mask=self.builder_config.masks),
+                                 features=examples.features(with_mask=self.builder_config.masks),
                                  supervised_keys=("image", "label"))
 
   def _source(self, manual: str) -> Source | None:
@@ -184,7 +184,7 @@ class Cub2002011(records.BuilderMixin, tfds.core.GeneratorBasedBuilder):
       if rec is not None:
         yield path, rec
     for path in sorted(set(items) - seen):
-      self._bad_data.report(split, path, BadExample("missing_file", f"listed in images.txt but not in {source.path}"))
+      self._report_bad(split, path, BadExample("missing_file", f"listed in images.txt but not in {source.path}"))
 
   def _generate_wsol(self, split, split_dir, manual, source, num_classes):
     """Images found under the image root first (listed order), then the rest streamed from the archive."""
@@ -213,4 +213,4 @@ class Cub2002011(records.BuilderMixin, tfds.core.GeneratorBasedBuilder):
       if rec is not None:
         yield rest[rel].id, rec
     for rel in sorted(set(rest) - seen):
-      self._bad_data.report(split, rest[rel].id, BadExample("missing_file", f"not found under {root} nor in {source.path}"))
+      self._report_bad(split, rest[rel].id, BadExample("missing_file", f"not found under {root} nor in {source.path}"))

@@ -20,9 +20,9 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 
-from camjax.data import records, wsol_metadata
+from camjax.data import examples, records, wsol_metadata
 from camjax.data.archives import Source
-from camjax.data.records import BadExample
+from camjax.data.bad_data import BadExample
 from camjax.errors import MissingFileError
 
 SYNSET_FILES = ("LOC_synset_mapping.txt", "synsets.txt")
@@ -122,7 +122,7 @@ class Ilsvrc2012Loc(records.BuilderMixin, tfds.core.GeneratorBasedBuilder):
   DEFAULT_BUILDER_CONFIG_NAME = "official"
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(builder=self, description=__doc__, features=records.features(with_mask=False),
+    return tfds.core.DatasetInfo(builder=self, description=__doc__, features=examples.features(with_mask=False),
                                  supervised_keys=("image", "label"))
 
   # ---------------------------------------------------------------- manual files
@@ -235,7 +235,7 @@ class Ilsvrc2012Loc(records.BuilderMixin, tfds.core.GeneratorBasedBuilder):
       if rec is not None:
         yield example_id, rec
     for rel in sorted(set(wanted) - seen):
-      self._bad_data.report("validation", f"val/{rel}", BadExample("missing_file", f"annotated but not found in {source.path}"))
+      self._report_bad("validation", f"val/{rel}", BadExample("missing_file", f"annotated but not found in {source.path}"))
 
   def _generate_wsol(self, split: str, split_dir: str, manual: str, num_classes: int):
     roots = self._image_roots(manual)

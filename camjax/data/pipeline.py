@@ -1,10 +1,10 @@
 """grain input pipelines over random-access sources (TFDS data sources).
 
 A source is anything with ``__len__`` and ``__getitem__`` returning a record
-dict: "image" uint8 (H, W, 3), "label" int, "bboxes" normalized TFDS boxes
-(ymin, xmin, ymax, xmax), optional "mask" uint8 (H, W, 1) 0/255, "id".
-``tfds.data_source(...)`` and ``builder.as_data_source(split)`` are such
-sources.
+in the schema of ``camjax.data.examples``: "image" uint8 (H, W, 3), "label"
+int, "bboxes" normalized TFDS boxes (ymin, xmin, ymax, xmax), optional "mask"
+uint8 (H, W, 1) 0/255, "id". ``tfds.data_source(...)`` and
+``builder.as_data_source(split)`` are such sources.
 
 Layout of the work:
 
@@ -15,7 +15,8 @@ Layout of the work:
   ``ceil(N / G)`` batches (the tail is padding with ``valid == False``).
 - Reading, decoding and transforming run in grain (thread prefetch, and
   ``worker_count`` worker processes); bad records come back as markers and the
-  main process counts, logs and skips them (or raises), then stacks batches.
+  main process counts, logs and skips them (or raises ``BadDataError``) through a
+  ``camjax.data.bad_data.BadDataLog``, then stacks batches.
   Batching outside the workers keeps the batches identical for any
   ``worker_count``, and keeps the iterator state one integer.
 - Training state: the number of elements of this process's (shuffled,
@@ -36,19 +37,16 @@ Batches are dicts of host-local NumPy arrays::
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
-import logging
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from camjax.data import transforms as T
+from camjax.data import boxes as box_lib, transforms as T
+from camjax.data.bad_data import ON_BAD_DATA, BadDataError, BadDataLog, check_policy  # noqa: F401  (re-exported)
+from camjax.data.examples import record_id, source_has_mask
 
-log = logging.getLogger("camjax.data")
-
-ON_BAD_DATA = ("skip", "fail")
 EVAL_MODES = ("resize", "resize_crop")
 BOX_ROUNDINGS = ("pixel", "wsol")
 AUGMENT_DEFAULTS = {
@@ -58,14 +56,8 @@ AUGMENT_DEFAULTS = {
     "attempts": 10,  # crop samples before the centred fallback
 }
 STATE_FORMAT = "camjax.train_iterator.v1"
-_BAD_KINDS = ("unreadable", "bad_record", "bad_image", "bad_box", "bad_mask")
-_NOTE_KINDS = ("clipped_box", "too_many_boxes")
-_MAX_LOGGED_NOTES = 20  # per kind and loader; counting continues
+# Bad kinds: unreadable, bad_record, bad_image, bad_box, bad_mask; notes: bad_data.NOTE_KINDS.
 _MAX_LISTED = 100  # bad records listed by id in the report
-
-
-class BadDataError(ValueError):
-  """A bad record met with on_bad_data='fail'."""
 
 
 # ----------------------------------------------------------------------------
@@ -95,8 +87,7 @@ def _check_common(image_size, max_boxes, on_bad_data, worker_count, mean, std):
     raise ValueError(f"image_size must be positive, got {image_size}")
   if int(max_boxes) <= 0:
     raise ValueError(f"max_boxes must be positive, got {max_boxes}")
-  if on_bad_data not in ON_BAD_DATA:
-    raise ValueError(f"on_bad_data must be one of {ON_BAD_DATA}, got {on_bad_data!r}")
+  check_policy(on_bad_data)
   if int(worker_count) < 0:
     raise ValueError(f"worker_count must be >= 0, got {worker_count}")
   if np.asarray(mean).shape != (3,) or np.asarray(std).shape != (3,) or np.any(np.asarray(std) <= 0):
@@ -132,17 +123,6 @@ def num_eval_batches(num_examples: int, global_batch_size: int, process_count: i
 # Per-example work (runs in grain threads / worker processes; must pickle).
 
 
-def _record_id(record: Any, index: int) -> str:
-  rid = record.get("id") if isinstance(record, dict) else None
-  if rid is None:
-    return f"index {index}"
-  if isinstance(rid, np.ndarray):
-    rid = rid.item() if rid.shape == () else rid.tolist()
-  if isinstance(rid, bytes):
-    return rid.decode("utf-8", "replace")
-  return str(rid)
-
-
 class HeadSource:
   """The first ``n`` records of a random-access source (0 = all)."""
 
@@ -158,24 +138,6 @@ class HeadSource:
     if not 0 <= index < self._n:
       raise IndexError(index)
     return self._source[index]
-
-
-def _source_has_mask(source) -> bool:
-  """Whether records carry "mask": from TFDS features if known, else the first readable record."""
-  info = getattr(source, "dataset_info", None)
-  features = getattr(info, "features", None)
-  if features is not None:
-    try:
-      return "mask" in features
-    except TypeError:
-      pass
-  for i in range(min(len(source), 16)):
-    try:
-      record = source[i]
-    except Exception:  # pylint: disable=broad-except  (a bad record; try the next)
-      continue
-    return isinstance(record, dict) and "mask" in record
-  return False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,7 +163,7 @@ class _Prepare:
       record = self.source[index]
     except Exception as e:  # pylint: disable=broad-except  (decode errors vary by source)
       return _bad(index, f"index {index}", "unreadable", f"{type(e).__name__}: {e}")
-    rid = _record_id(record, index)
+    rid = record_id(record, index)
     ex, notes, problem = self._decode(record)
     if problem is not None:
       return _bad(index, rid, *problem)
@@ -251,7 +213,7 @@ class _Prepare:
     except ValueError as e:
       return None, None, ("bad_image", str(e))
     height, width = image.shape[:2]
-    raw = T.normalized_to_pixel_boxes(record.get("bboxes", []), height, width)
+    raw = box_lib.normalized_to_pixel_unchecked(record.get("bboxes", []), height, width)
     boxes, num_clipped, problems = T.check_boxes(raw, height, width)
     if problems:
       return None, None, ("bad_box", "; ".join(problems))
@@ -280,47 +242,15 @@ def _bad(index: int, rid: str, kind: str, detail: str) -> dict:
 # Bad-data bookkeeping (main process).
 
 
-class BadDataLog:
-  """Counts, lists and logs bad records and notable ones."""
+def _log_bad(bad_log: BadDataLog, marker: dict) -> None:
+  """Count a bad-record marker from ``_bad`` (raises ``BadDataError`` under on_bad_data='fail')."""
+  kind, rid, detail = json.loads(marker["_bad"])
+  bad_log.bad(rid, kind, detail, index=int(marker["index"]))
 
-  def __init__(self, on_bad_data: str, what: str):
-    self.on_bad_data = on_bad_data
-    self.what = what
-    self.counts: collections.Counter = collections.Counter()
-    self.records: list[dict] = []
-    self._logged: collections.Counter = collections.Counter()
 
-  def bad(self, marker: dict) -> None:
-    kind, rid, detail = json.loads(marker["_bad"])
-    index = int(marker["index"])
-    self.counts[kind] += 1
-    if len(self.records) < _MAX_LISTED:
-      self.records.append({"id": rid, "index": index, "kind": kind, "detail": detail})
-    if self.on_bad_data == "fail":
-      raise BadDataError(
-          f"{self.what}: bad record {rid!r} (index {index}, {kind}): {detail}; "
-          "set on_bad_data='skip' to skip such records")
-    log.warning("%s: skipping bad record %r (index %d, %s): %s", self.what, rid, index, kind, detail)
-
-  def notes(self, notes_json: str) -> None:
-    for kind, rid, detail in json.loads(notes_json):
-      self.counts[kind] += 1
-      self._logged[kind] += 1
-      if self._logged[kind] <= _MAX_LOGGED_NOTES:
-        suffix = " (further ones are only counted)" if self._logged[kind] == _MAX_LOGGED_NOTES else ""
-        log.warning("%s: record %r: %s%s", self.what, rid, detail, suffix)
-
-  def report(self) -> dict:
-    """{"skipped": n, "counts": {kind: n}, "records": [{id, index, kind, detail}, ...]}."""
-    skipped = sum(self.counts[k] for k in _BAD_KINDS)
-    return {"skipped": skipped, "counts": dict(self.counts), "records": list(self.records)}
-
-  def state(self) -> dict:
-    return {"counts": dict(self.counts), "records": list(self.records)}
-
-  def load(self, state: dict) -> None:
-    self.counts = collections.Counter(state.get("counts", {}))
-    self.records = list(state.get("records", []))
+def _log_notes(bad_log: BadDataLog, notes_json: str) -> None:
+  for kind, rid, detail in json.loads(notes_json):
+    bad_log.note(rid, kind, detail)
 
 
 # ----------------------------------------------------------------------------
@@ -395,8 +325,8 @@ class TrainIterator:
     if self._shard_size == 0:
       raise ValueError(f"the split has {self.num_records} records, fewer than "
                        f"process_count ({process_count}); use a larger split")
-    self.has_mask = _source_has_mask(source)
-    self._log = BadDataLog(on_bad_data, f"train[{process_index}/{process_count}]")
+    self.has_mask = source_has_mask(source)
+    self._log = BadDataLog(f"train[{process_index}/{process_count}]", on_bad_data, max_listed=_MAX_LISTED)
     prepare = _Prepare(source=source, mode="train", image_size=int(image_size),
                        max_boxes=int(max_boxes), has_mask=self.has_mask,
                        mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std),
@@ -426,14 +356,14 @@ class TrainIterator:
       element = next(self._iter)
       self._next_index += 1
       if "_bad" in element:
-        self._log.bad(element)
+        _log_bad(self._log, element)
         consecutive_bad += 1
         if consecutive_bad >= self._shard_size:
           raise BadDataError(f"{self._log.what}: a whole pass over the shard "
                              f"({self._shard_size} records) found no usable record")
         continue
       consecutive_bad = 0
-      self._log.notes(element["_notes"])
+      _log_notes(self._log, element["_notes"])
       examples.append(element)
     return _stack(examples)
 
@@ -554,10 +484,10 @@ class EvalBatches:
     self.image_size = image_size
     self.max_boxes = max_boxes
     self.worker_count = worker_count
-    self.has_mask = _source_has_mask(source)
+    self.has_mask = source_has_mask(source)
     self._read_threads = read_threads
     self._what = f"eval[{process_index}/{process_count}]"
-    self._log = BadDataLog(on_bad_data, self._what)
+    self._log = BadDataLog(self._what, on_bad_data, max_listed=_MAX_LISTED)
     prepare = _Prepare(source=source, mode=mode, image_size=image_size, max_boxes=max_boxes,
                        has_mask=self.has_mask, mean=tuple(float(v) for v in mean),
                        std=tuple(float(v) for v in std), box_rounding=box_rounding,
@@ -573,7 +503,7 @@ class EvalBatches:
     return self.num_batches
 
   def __iter__(self) -> Iterator[dict]:
-    self._log = BadDataLog(self._log.on_bad_data, self._what)
+    self._log = BadDataLog(self._what, self._log.on_bad_data, max_listed=_MAX_LISTED)
     it = _grain_iterator(self._dataset, self.worker_count, 2 * self.local_batch_size,
                          self._read_threads)
     pad = _pad_example(self.image_size, self.max_boxes, self.has_mask)
@@ -585,10 +515,10 @@ class EvalBatches:
           if "_pad" in element:
             examples.append(pad)
           elif "_bad" in element:
-            self._log.bad(element)
+            _log_bad(self._log, element)
             examples.append(dict(pad, index=element["index"]))
           else:
-            self._log.notes(element["_notes"])
+            _log_notes(self._log, element["_notes"])
             examples.append(element)
         yield _stack(examples)
     finally:

@@ -1,41 +1,15 @@
-"""The record every camjax data set yields, and the build-time checks behind it.
+"""Build-time checks: every builder turns a source file into a record through these.
 
-Every builder (``camjax_shapes``, ``ilsvrc2012_loc``, ``cub200_2011``) stores the
-same features so the input pipeline treats them alike. Decoded by
-``builder.as_data_source(split)`` or ``tfds.data_source`` a record is a dict:
-
-- ``"image"``: uint8 (H, W, 3). Stored as the original JPEG bytes where the
-  source has them (ILSVRC, CUB), PNG for the built-in data set.
-- ``"label"``: int64 class index; ``builder.info.features["label"].names`` are
-  the class names.
-- ``"bboxes"``: float32 (N, 4) normalized ``(ymin, xmin, ymax, xmax)`` (TFDS
-  convention), every ground-truth box of the image; N may be 0 (ILSVRC training
-  images without boxes). ``normalized_to_pixel`` turns them into inclusive pixel
-  boxes ``(x0, y0, x1, y1)``.
-- ``"mask"``: uint8 (H, W, 1) with values 0 or 255, the object's pixels. Present
-  in the built-in data set and in CUB's ``masks`` config only: check
-  ``"mask" in record``.
-- ``"id"``: bytes/str, a stable image id (``"train/000123"``, or the image's path
-  relative to the data set root, as the WSOL evaluation metadata writes it).
-
-Pixel <-> normalized convention: the inclusive pixel box ``(x0, y0, x1, y1)``
-covers the continuous interval ``[x0, x1 + 1)``, so ``xmin = x0 / W`` and
-``xmax = (x1 + 1) / W``; the two conversions below are exact inverses on integer
-boxes.
-
-Bad data met while building (an undecodable image, an impossible box, a listed
-file that is missing) is counted per split with the image id, logged as a
-warning, written to ``bad_examples.json`` beside the prepared data, and either
-skipped or refused (``on_bad_data="skip"|"fail"``; by default training splits
-skip and evaluation splits fail).
+The record schema itself is ``camjax.data.examples``; boxes follow
+``camjax.data.boxes``; bad data is counted, reported and skipped or refused by
+``camjax.data.bad_data`` (by default training splits skip and evaluation splits
+fail), and each build writes ``bad_examples.json`` beside the prepared data.
 """
 
 from __future__ import annotations
 
 import inspect
 import io
-import json
-import logging
 import os
 from typing import Any, Iterable
 
@@ -44,120 +18,8 @@ import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 
-log = logging.getLogger("camjax.data")
-
-ON_BAD_DATA = ("skip", "fail")
-BAD_EXAMPLES_FILE = "bad_examples.json"
-
-
-def features(*, with_mask: bool, names: list[str] | None = None) -> Any:
-  """The shared TFDS feature dict; label names may be set later (at generation)."""
-  spec = {
-      "image": tfds.features.Image(shape=(None, None, 3), dtype=np.uint8),
-      "label": tfds.features.ClassLabel(names=names) if names else tfds.features.ClassLabel(),
-      "bboxes": tfds.features.Sequence(tfds.features.BBoxFeature()),
-      "id": tfds.features.Text(),
-  }
-  if with_mask:
-    spec["mask"] = tfds.features.Image(shape=(None, None, 1), dtype=np.uint8, encoding_format="png")
-  return tfds.features.FeaturesDict(spec)
-
-
-# ---------------------------------------------------------------- boxes
-
-
-def pixel_to_normalized(boxes: Any, height: int, width: int) -> np.ndarray:
-  """Inclusive pixel boxes (..., 4) ``(x0, y0, x1, y1)`` -> normalized ``(ymin, xmin, ymax, xmax)``."""
-  b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-  out = np.stack([b[:, 1] / height, b[:, 0] / width, (b[:, 3] + 1) / height, (b[:, 2] + 1) / width], axis=-1)
-  return np.clip(out, 0.0, 1.0).astype(np.float32).reshape(np.shape(boxes)[:-1] + (4,))
-
-
-def normalized_to_pixel(boxes: Any, height: int, width: int) -> np.ndarray:
-  """Normalized ``(ymin, xmin, ymax, xmax)`` (..., 4) -> inclusive int pixel boxes ``(x0, y0, x1, y1)``."""
-  b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-  x0 = np.round(b[:, 1] * width)
-  y0 = np.round(b[:, 0] * height)
-  x1 = np.round(b[:, 3] * width) - 1
-  y1 = np.round(b[:, 2] * height) - 1
-  out = np.stack([x0, y0, np.maximum(x1, x0), np.maximum(y1, y0)], axis=-1)
-  out = np.clip(out, 0, [width - 1, height - 1, width - 1, height - 1]).astype(np.int64)
-  return out.reshape(np.shape(boxes)[:-1] + (4,))
-
-
-# ---------------------------------------------------------------- bad data
-
-
-class BadExample(Exception):
-  """One example that cannot be built; ``kind`` is one of corrupt_image, bad_box, missing_file, ..."""
-
-  def __init__(self, kind: str, detail: str):
-    super().__init__(f"{kind}: {detail}")
-    self.kind = kind
-    self.detail = detail
-
-
-class BadDataError(RuntimeError):
-  """Raised when a split built with ``on_bad_data="fail"`` meets bad data."""
-
-
-def default_policy(split: str) -> str:
-  """Training splits skip bad examples (with a warning); evaluation splits refuse them."""
-  return "skip" if split == "train" else "fail"
-
-
-class BadDataLog:
-  """Counts the bad examples of one build, per split, and applies the skip/fail policy."""
-
-  def __init__(self, dataset: str, on_bad_data: str | None = None):
-    if on_bad_data is not None and on_bad_data not in ON_BAD_DATA:
-      raise ValueError(f"on_bad_data must be one of {ON_BAD_DATA} or None (skip for train, fail otherwise), got {on_bad_data!r}")
-    self.dataset = dataset
-    self.on_bad_data = on_bad_data
-    self.examples: dict[str, list[dict[str, str]]] = {}
-
-  def policy(self, split: str) -> str:
-    return self.on_bad_data or default_policy(split)
-
-  def report(self, split: str, example_id: str, error: BadExample) -> None:
-    """Record one bad example; raise ``BadDataError`` if the split's policy is fail."""
-    entry = {"id": example_id, "kind": error.kind, "detail": error.detail}
-    self.examples.setdefault(split, []).append(entry)
-    policy = self.policy(split)
-    if policy == "fail":
-      raise BadDataError(
-          f"{self.dataset} split {split!r}: bad example {example_id!r} ({error}); "
-          "fix or remove it, or build with on_bad_data='skip' to leave it out")
-    log.warning("%s split %r: skipping bad example %r (%s)", self.dataset, split, example_id, error)
-
-  def counts(self) -> dict[str, dict[str, int]]:
-    out: dict[str, dict[str, int]] = {}
-    for split, entries in self.examples.items():
-      per_kind: dict[str, int] = {}
-      for e in entries:
-        per_kind[e["kind"]] = per_kind.get(e["kind"], 0) + 1
-      out[split] = per_kind
-    return out
-
-  def write(self, directory: str | os.PathLike) -> str:
-    """Write ``bad_examples.json`` (counts and ids per split) and log a summary line per split."""
-    path = os.path.join(os.fspath(directory), BAD_EXAMPLES_FILE)
-    payload = {"dataset": self.dataset, "counts": self.counts(), "examples": self.examples}
-    with open(path, "w") as f:
-      json.dump(payload, f, indent=1, sort_keys=True)
-    for split, per_kind in self.counts().items():
-      log.warning("%s split %r: %d bad examples skipped %s; ids in %s",
-                  self.dataset, split, sum(per_kind.values()), per_kind, path)
-    return path
-
-
-def read_bad_examples(builder: Any) -> dict[str, Any]:
-  """The ``bad_examples.json`` of a prepared builder (empty counts if it has none)."""
-  path = os.path.join(os.fspath(builder.data_dir), BAD_EXAMPLES_FILE)
-  if not os.path.exists(path):
-    return {"dataset": builder.name, "counts": {}, "examples": {}}
-  with open(path) as f:
-    return json.load(f)
+from camjax.data import bad_data, examples
+from camjax.data.bad_data import BadDataLog, BadExample
 
 
 class BuilderMixin:
@@ -165,8 +27,8 @@ class BuilderMixin:
 
   - ``on_bad_data`` as a constructor argument; generators build each record
     through ``self._emit(split, id, make)``, which reports a ``BadExample``
-    and yields None for it, and ``bad_examples.json`` is written beside the
-    prepared data.
+    and yields None for it (or report one with ``self._report_bad``), and
+    ``bad_examples.json`` is written beside the prepared data.
   - ArrayRecord as the default file format, so ``tfds.data_source(name)``
     can prepare the data set without TensorFlow.
   - ``code_path`` from the class's file: TFDS's own lookup needs the
@@ -182,25 +44,38 @@ class BuilderMixin:
       return None
 
   def __init__(self, *, on_bad_data: str | None = None, **kwargs):
-    self._bad_data = BadDataLog(self.name, on_bad_data)
+    bad_data.check_policy(on_bad_data, allow_default=True)
+    self._on_bad_data = on_bad_data
+    self._bad_logs: dict[str, BadDataLog] = {}
     # ArrayRecord by default: random access for grain, and TFRecord writing needs TensorFlow.
     kwargs.setdefault("file_format", "array_record")
     super().__init__(**kwargs)
+
+  def _bad_log(self, split: str) -> BadDataLog:
+    if split not in self._bad_logs:
+      self._bad_logs[split] = BadDataLog(
+          f"{self.name} split {split!r}", self._on_bad_data or bad_data.default_policy(split),
+          fix="fix or remove it, or build with on_bad_data='skip' to leave it out")
+    return self._bad_logs[split]
+
+  def _report_bad(self, split: str, example_id: str, error: BadExample) -> None:
+    """Count one bad example of ``split``; raises ``BadDataError`` if the split's policy is fail."""
+    self._bad_log(split).bad(example_id, error.kind, error.detail)
 
   def _emit(self, split: str, example_id: str, make):
     """``make()``, or None after reporting it when it raises ``BadExample`` (the policy may raise instead)."""
     try:
       return make()
     except BadExample as e:
-      self._bad_data.report(split, example_id, e)
+      self._report_bad(split, example_id, e)
       return None
 
   def download_and_prepare(self, *args, **kwargs):
     already = self.data_path.exists() and os.path.exists(os.path.join(os.fspath(self.data_path), "dataset_info.json"))
-    self._bad_data.examples.clear()
+    self._bad_logs.clear()
     result = super().download_and_prepare(*args, **kwargs)
-    if not already or self._bad_data.examples:
-      self._bad_data.write(self.data_dir)
+    if not already or any(lg.records for lg in self._bad_logs.values()):
+      bad_data.write_bad_examples(self.data_dir, self.name, self._bad_logs)
     return result
 
 
@@ -282,18 +157,6 @@ def binary_mask_png(data: bytes, height: int, width: int) -> bytes:
   return encode_png(np.where(a > 127, 255, 0).astype(np.uint8))
 
 
-def tight_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-  """Inclusive pixel box ``(x0, y0, x1, y1)`` of the nonzero pixels of a 2-D mask, or None if empty."""
-  m = np.asarray(mask)
-  if m.ndim == 3:
-    m = m[..., 0]
-  rows = np.flatnonzero(m.any(axis=1))
-  cols = np.flatnonzero(m.any(axis=0))
-  if rows.size == 0:
-    return None
-  return int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1])
-
-
 def checked_example(data: bytes, label: int | None, boxes_px: Iterable[Iterable[float]], example_id: str, *,
                     num_classes: int, declared_size: tuple[int, int] | None = None,
                     mask: bytes | None = None) -> dict[str, Any]:
@@ -310,19 +173,5 @@ def checked_example(data: bytes, label: int | None, boxes_px: Iterable[Iterable[
   boxes = [check_box(b, bh, bw) for b in boxes_px]
   if mask is not None:
     mask = binary_mask_png(mask, height, width)
-  return example(image, int(label), boxes, bh, bw, example_id, mask=mask)
+  return examples.stored_record(image, int(label), boxes, bh, bw, example_id, mask=mask)
 
-
-def example(image: bytes, label: int, boxes_px: list[tuple[int, int, int, int]], height: int, width: int,
-            example_id: str, mask: bytes | None = None) -> dict[str, Any]:
-  """One record ready for TFDS from pixel boxes (converted to normalized here)."""
-  norm = pixel_to_normalized(np.asarray(boxes_px, dtype=np.float64).reshape(-1, 4), height, width)
-  rec = {
-      "image": image,
-      "label": int(label),
-      "bboxes": [tfds.features.BBox(*map(float, b)) for b in norm],
-      "id": example_id,
-  }
-  if mask is not None:
-    rec["mask"] = mask
-  return rec

@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image, ImageDraw
 
-from camjax.data import records
+from camjax.data import boxes, examples, records
 
 SHAPES = ("ellipse", "triangle", "square", "star")
 TEXTURES = ("solid", "stripes", "checker")
@@ -216,10 +216,10 @@ def make_example(spec: Spec, seed: int, split: str, index: int) -> dict[str, Any
   rng = example_rng(seed, split, index)
   label = int(rng.integers(len(CLASS_NAMES)))
   image, mask = render(spec, rng, label)
-  box = records.tight_box(mask)
+  box = boxes.tight_box(mask)
   size = spec.image_size
-  return records.example(records.encode_png(image), label, [box], size, size, f"{split}/{index:06d}",
-                         mask=records.encode_png(mask.astype(np.uint8) * 255))
+  return examples.stored_record(records.encode_png(image), label, [box], size, size, f"{split}/{index:06d}",
+                                mask=records.encode_png(mask.astype(np.uint8) * 255))
 
 
 # ---------------------------------------------------------------- builder
@@ -266,7 +266,7 @@ class CamjaxShapes(records.BuilderMixin, tfds.core.GeneratorBasedBuilder):
     return tfds.core.DatasetInfo(
         builder=self,
         description=__doc__,
-        features=records.features(with_mask=True, names=list(CLASS_NAMES)),
+        features=examples.features(with_mask=True, names=list(CLASS_NAMES)),
         supervised_keys=("image", "label"),
     )
 

@@ -20,9 +20,8 @@ an output grid", so the image, the mask and the boxes move together:
   part of its extent is left inside the window. A sliver thinner than a pixel
   that survives is kept as one pixel.
 
-Normalized TFDS boxes (ymin, xmin, ymax, xmax) are the continuous extent
-divided by the image size: xmin = x0 / W, xmax = (x1 + 1) / W, so the full
-image is (0, 0, 1, 1).
+Conversions to and from normalized TFDS boxes, and the tight box around a
+mask, are in ``camjax.data.boxes``.
 """
 
 from __future__ import annotations
@@ -33,7 +32,8 @@ from typing import NamedTuple, Sequence
 import numpy as np
 from PIL import Image
 
-# ImageNet statistics on the 0..255 scale (RGB).
+from camjax.data import boxes as box_lib
+
 # ImageNet statistics on the 0..1 scale (the convention of every camjax config).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -50,31 +50,11 @@ class Example(NamedTuple):
 
 
 # ----------------------------------------------------------------------------
-# Box conventions.
+# Box checks (conventions: ``camjax.data.boxes``).
 
 
-def normalized_to_pixel_boxes(bboxes, height: int, width: int) -> np.ndarray:
-  """TFDS (ymin, xmin, ymax, xmax) in [0, 1] -> inclusive pixel (x0, y0, x1, y1).
-
-  Accepts a list of arrays, an empty list or an (n, 4) array. The result is
-  float64 so that impossible boxes (NaN, inverted, outside) stay visible to
-  `check_boxes`; round it with `astype(np.int64)` after checking.
-  """
-  b = np.asarray(bboxes, dtype=np.float64).reshape(-1, 4)
-  ymin, xmin, ymax, xmax = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
-  x0 = np.round(xmin * width)
-  y0 = np.round(ymin * height)
-  x1 = np.round(xmax * width) - 1
-  y1 = np.round(ymax * height) - 1
-  return np.stack([x0, y0, x1, y1], axis=1)
-
-
-def pixel_to_normalized_boxes(boxes, height: int, width: int) -> np.ndarray:
-  """Inclusive pixel (x0, y0, x1, y1) -> TFDS (ymin, xmin, ymax, xmax), float32."""
-  b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-  out = np.stack([b[:, 1] / height, b[:, 0] / width,
-                  (b[:, 3] + 1) / height, (b[:, 2] + 1) / width], axis=1)
-  return out.astype(np.float32)
+# The old name of ``boxes.pixel_to_normalized``, kept for callers outside the package (benchmarks).
+pixel_to_normalized_boxes = box_lib.pixel_to_normalized
 
 
 def check_boxes(boxes: np.ndarray, height: int, width: int):
@@ -290,10 +270,3 @@ def as_rgb(image: np.ndarray) -> np.ndarray:
     image = np.repeat(image, 3, axis=2)
   return np.ascontiguousarray(image)
 
-
-def box_from_pixels(binary: np.ndarray) -> np.ndarray | None:
-  """Tight inclusive (x0, y0, x1, y1) around the nonzero pixels, or None."""
-  ys, xs = np.nonzero(binary)
-  if xs.size == 0:
-    return None
-  return np.array([xs.min(), ys.min(), xs.max(), ys.max()], np.int64)
