@@ -2,9 +2,15 @@
 
 Importing this package registers the builders ``camjax_shapes`` (built in, no
 download), ``ilsvrc2012_loc`` and ``cub200_2011`` (from the user's manual
-download). ``prepare`` is the one call ``camjax.main`` needs: it builds a data set
-once and returns its builder; ``builder.as_data_source(split)`` then gives random
-access to records in the schema of ``camjax.data.records``.
+download). ``prepare`` builds a data set once and returns its builder;
+``prepare_from_config`` does it for the data set a config names (the synthetic
+one included); ``builder.as_data_source(split)`` then gives random access to
+records in the schema of ``camjax.data.examples``.
+
+One module per idea: ``examples`` (the record schema), ``boxes`` (box
+conventions), ``bad_data`` (the bad-data error and log), ``records`` (the checks
+every builder runs), ``pipeline`` (grain batches), ``synthetic`` (the on-the-fly
+test set).
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ import os
 from typing import Any
 
 from camjax.data import records
-from camjax.data.records import BadDataError, normalized_to_pixel, pixel_to_normalized, read_bad_examples
+from camjax.data.bad_data import BadDataError, read_bad_examples
+from camjax.data.boxes import normalized_to_pixel, pixel_to_normalized
+from camjax.data.synthetic import SYNTHETIC
 from camjax.errors import UserError
 
 DATA_DIR_ENV = "CAMJAX_DATA_DIR"
@@ -80,9 +88,33 @@ def prepare(name: str = "camjax_shapes", data_dir: str | None = None, config: An
   return builder
 
 
+def prepare_from_config(config: Any) -> Any:
+  """The data set ``config.data`` names, prepared: its TFDS builder, or the synthetic set (nothing to build).
+
+  Either gives ``as_data_source(split)``; ``label_names`` gives its class names.
+  The one place a config's data settings become ``prepare`` arguments.
+  """
+  d = config.data
+  if d.name == SYNTHETIC:
+    from camjax.data.synthetic import SyntheticData
+
+    return SyntheticData.from_config(config)
+  return prepare(d.name, d.data_dir or None, d.builder_config or None, manual_dir=d.manual_dir or None,
+                 on_bad_data=d.on_bad_data)
+
+
+def label_names(dataset: Any) -> list[str]:
+  """Class names of a prepared data set (``prepare`` or ``prepare_from_config``); [] when it has none."""
+  names = getattr(dataset, "label_names", None)
+  if names is None:
+    names = dataset.info.features["label"].names
+  return list(names)
+
+
 __all__ = [
-    "BadDataError", "builder_names", "default_data_dir", "default_manual_dir", "get_builder", "normalized_to_pixel",
-    "pixel_to_normalized", "prepare", "read_bad_examples", "records",
+    "BadDataError", "SYNTHETIC", "builder_names", "default_data_dir", "default_manual_dir", "get_builder",
+    "label_names", "normalized_to_pixel", "pixel_to_normalized", "prepare", "prepare_from_config",
+    "read_bad_examples", "records",
 ]
 
 # Register the builders with TFDS so tfds.data_source("camjax_shapes/...", ...) finds them.

@@ -64,13 +64,9 @@ def metrics_summary(results: dict) -> dict[str, Any]:
 
 def class_names(config: Any) -> list[str]:
   """Label names of the configured data set ("class N" where it has none)."""
-  names: list[str] = []
-  if config.data.name != train_data.SYNTHETIC:
-    from camjax import data
+  from camjax import data
 
-    builder = data.prepare(config.data.name, config.data.data_dir or None, config.data.builder_config or None,
-                           manual_dir=config.data.manual_dir or None)
-    names = list(builder.info.features["label"].names)
+  names = data.label_names(data.prepare_from_config(config))
   if len(names) != config.model.num_classes:
     names = [f"class {i}" for i in range(config.model.num_classes)]
   return names
