@@ -1,24 +1,32 @@
-"""Checkpoints: orbax manager over WORKDIR/checkpoints (async, keep K, corrupt ones set aside) and reading one back.
+"""Checkpoints, the one place that writes, finds and reads them back.
 
-Checkpoints hold the train state and every process's data-iterator state, so a
-restarted run continues bit for bit.
+Training saves through ``Checkpoints`` (orbax manager over WORKDIR/checkpoints:
+async, keep K, corrupt ones set aside); a checkpoint holds the train state and
+every process's data-iterator state, so a restarted run continues bit for bit.
+Everything else reads: ``find_checkpoints`` (orbax's own step list) names the
+steps of a workdir, and ``restore_model`` / ``model_from_workdir`` (cam_images,
+fine-grained features), ``load_pretrained`` and ``restore_for_eval`` read the
+newest one that is readable.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from flax import nnx
 
 from camjax.errors import UserError
 from camjax.train import sharding
 from camjax.train.optim import matches_any
+from camjax.train.state import build_model
 
 log = logging.getLogger("camjax.train")
 
@@ -42,47 +50,196 @@ def pretrained_format(config: Any) -> str | None:
   return fmt
 
 
+def _reader(directory: str) -> ocp.CheckpointManager:
+  """An orbax manager that only reads ``directory``.
+
+  It creates nothing, leaves a running job's unfinished saves alone and reads no
+  step metadata up front (which would warn about every step dir without it).
+  """
+  options = ocp.CheckpointManagerOptions(create=False, cleanup_tmp_directories=False, lightweight_initialize=True)
+  handlers = {"state": ocp.PyTreeCheckpointHandler(), "data": ocp.JsonCheckpointHandler()}
+  return ocp.CheckpointManager(os.path.abspath(directory), item_names=("state", "data"), item_handlers=handlers,
+                               options=options)
+
+
 def saved_steps(directory: str) -> list[int]:
-  """The step numbers of the checkpoint dirs in ``directory`` (orbax names them by the bare number)."""
-  return sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
+  """The steps orbax finds in a checkpoints directory, oldest first ([] when it does not exist)."""
+  manager = _reader(directory)
+  try:
+    return sorted(manager.all_steps())
+  finally:
+    manager.close()
 
 
-def _find_state_dir(path: str) -> str:
-  """The 'state' item of a checkpoint given a workdir, its checkpoints dir, or one step dir."""
+@dataclasses.dataclass(frozen=True)
+class Found:
+  """The checkpoints a path names: orbax's checkpoints directory and the steps to try, newest first."""
+
+  directory: str
+  steps: tuple[int, ...]
+
+  def state_dir(self, step: int) -> str:
+    """The 'state' item of ``step`` (for messages and ``read_checkpoint_arrays``)."""
+    return os.path.join(str(ocp.step.find_step_path(self.directory, ocp.step.standard_name_format(), step=step)),
+                        "state")
+
+
+def find_checkpoints(path: str, *, missing: str | None = None, empty: str | None = None) -> Found:
+  """The checkpoints of a training workdir, of its checkpoints dir, or of one step dir.
+
+  ``missing`` / ``empty``: the one-line UserError for a path that does not
+  exist / holds no checkpoint, in the words of the setting the user gave.
+  """
   given = path
   path = os.path.abspath(os.path.expanduser(path))
   if not os.path.exists(path):
-    raise UserError(f"pretrained.path={given} does not exist; fix --config.pretrained.path")
-  if os.path.isdir(os.path.join(path, "state")):
-    return os.path.join(path, "state")
+    raise UserError(missing or f"{given} does not exist; give a camjax training workdir")
+  # A step dir is one checkpoint, not a manager's directory: only its 'state' item tells it apart.
+  if os.path.isdir(os.path.join(path, "state")) and os.path.basename(path).isdigit():
+    return Found(os.path.dirname(path), (int(os.path.basename(path)),))
   for base in (os.path.join(path, CHECKPOINT_DIR), path):
     steps = saved_steps(base)
     if steps:
-      return os.path.join(base, str(steps[-1]), "state")
-  raise UserError(f"pretrained.path={given} holds no camjax checkpoint; set --config.pretrained.path to a "
-                  "training workdir, its checkpoints dir or one checkpoint step dir")
+      return Found(base, tuple(reversed(steps)))
+  raise UserError(empty or f"{given} holds no camjax checkpoint; give a training workdir, its checkpoints dir or "
+                  "one checkpoint step dir")
+
+
+def _first_line(error: Exception) -> str:
+  text = str(error).splitlines()[0][:200] if str(error) else ""
+  return f"{type(error).__name__}: {text}"
+
+
+def restore_newest(found: Found, target: Callable[[int, Any], Any]) -> tuple[int, dict]:
+  """(step, arrays) of the newest readable checkpoint in ``found``; unreadable newer ones are skipped, loudly.
+
+  ``target(step, stored)`` turns the stored 'state' metadata into the abstract
+  arrays to read (any subset: the rest stays on disk); it raises a UserError
+  when the checkpoint cannot fit. Nothing is moved: readers leave a run's
+  directory as it is (resuming training sets unreadable steps aside).
+  """
+  manager = _reader(found.directory)
+  try:
+    for step in found.steps:
+      try:
+        stored = manager.item_metadata(step)["state"]
+        if stored is None:
+          raise ValueError("no 'state' item")
+      except Exception as e:  # noqa: BLE001 - unreadable metadata: a corrupt or unfinished checkpoint
+        log.warning("checkpoint at step %d in %s is unreadable (%s); trying the previous one", step,
+                    found.directory, _first_line(e))
+        continue
+      want = target(step, stored)
+      try:
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item=want, restore_args=ocp.checkpoint_utils.construct_restore_args(want), partial_restore=True)))
+      except Exception as e:  # noqa: BLE001 - any failure to read means "not a usable checkpoint"
+        log.warning("checkpoint at step %d in %s is unreadable (%s); trying the previous one", step,
+                    found.directory, _first_line(e))
+        continue
+      return step, restored["state"]
+  finally:
+    manager.close()
+  raise UserError(f"no readable checkpoint in {found.directory} (steps {', '.join(map(str, found.steps))}); "
+                  "train again or point at another run")
+
+
+def _on_local_device(tree: Any) -> Any:
+  """Abstract arrays on this process's first device: every host reads the checkpoint whole."""
+  local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=local), tree)
 
 
 def read_checkpoint_arrays(state_dir: str) -> dict:
   """A saved 'state' item as numpy arrays, whatever mesh or number of processes wrote it."""
+  state_dir = os.path.abspath(os.path.expanduser(state_dir))  # orbax reads absolute paths only
   checkpointer = ocp.StandardCheckpointer()
   metadata = checkpointer.metadata(state_dir)
   tree = getattr(metadata, "item_metadata", metadata)
-  local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=local), tree)
-  restored = checkpointer.restore(state_dir, target)
+  restored = checkpointer.restore(state_dir, _on_local_device(tree))
   checkpointer.close()
   return jax.tree.map(np.asarray, restored)
 
 
+MODEL_GROUPS = ("params", "batch_stats")  # a model's share of the train state (not: step, optimizer, RNG)
+
+
+def _flat(tree: Any) -> dict[str, Any]:
+  return {sharding.path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _misfit(stored: Any, want: dict) -> list[str]:
+  """Why the stored arrays cannot fill ``want`` (group -> abstract arrays): missing, extra or reshaped arrays."""
+  problems = []
+  for group in MODEL_GROUPS:
+    have = _flat(stored[group]) if group in stored else {}
+    need = _flat(want.get(group, {}))
+    for name, leaf in need.items():
+      if name not in have:
+        problems.append(f"missing {group}/{name}")
+      elif tuple(have[name].shape) != tuple(leaf.shape):
+        problems.append(f"{group}/{name}: checkpoint {tuple(have[name].shape)} != model {tuple(leaf.shape)}")
+    problems += [f"unexpected {group}/{name}" for name in have if name not in need]
+  return problems
+
+
+def restore_model(config: Any, path: str, *, missing: str | None = None, empty: str | None = None,
+                  fix: str = "use the config that wrote it") -> tuple[nnx.Module, int]:
+  """The config's model in eval mode with the weights of the newest readable checkpoint under ``path``; its step.
+
+  The NNX route: the abstract model (``nnx.eval_shape``) splits into
+  parameters, BatchNorm statistics and the rest; orbax reads just those arrays
+  against the abstract state (the optimizer state stays on disk); ``nnx.merge``
+  makes the module. RNG streams get fixed keys (evaluation draws none).
+  ``missing``, ``empty``: as in ``find_checkpoints``; ``fix`` ends the message
+  for a checkpoint that does not fit the model.
+  """
+  from camjax.weights import assign
+
+  found = find_checkpoints(path, missing=missing, empty=empty)
+  abstract = nnx.eval_shape(lambda: build_model(config))
+  abstract.eval()
+  graphdef, params, stats, rest = nnx.split(abstract, nnx.Param, nnx.BatchStat, ...)
+  want = _on_local_device({"params": params.to_pure_dict(), "batch_stats": stats.to_pure_dict()})
+  want = {group: tree for group, tree in want.items() if jax.tree_util.tree_leaves(tree)}
+
+  def target(step: int, stored: Any) -> dict:
+    problems = _misfit(stored, want)
+    if problems:
+      raise UserError(f"checkpoint {found.state_dir(step)} does not fit model {config.model.name} ({fix}): "
+                      + "; ".join(problems[:5]))
+    return want
+
+  step, arrays = restore_newest(found, target)
+  for group, state in (("params", params), ("batch_stats", stats)):
+    if group in arrays:
+      nnx.replace_by_pure_dict(state, arrays[group])
+  model = nnx.merge(graphdef, params, stats, rest)
+  assign.fill_rng_state(model, 0)
+  model.eval()
+  return model, step
+
+
+def model_from_workdir(config: Any, workdir_or_step_dir: str, *, missing: str | None = None,
+                       empty: str | None = None, fix: str = "use the config that wrote it") -> nnx.Module:
+  """The config's model, weights loaded, in eval mode (``restore_model`` without the step)."""
+  return restore_model(config, workdir_or_step_dir, missing=missing, empty=empty, fix=fix)[0]
+
+
 def load_pretrained(config: Any, params: dict, batch_stats: dict) -> tuple[dict, dict, list[str]]:
   """Copy parameters and BatchNorm statistics whose paths match ``pretrained.load`` (and not ``skip``)."""
-  state_dir = _find_state_dir(config.pretrained.path)
-  saved = read_checkpoint_arrays(state_dir)
+  given = config.pretrained.path
+  found = find_checkpoints(
+      given, missing=f"pretrained.path={given} does not exist; fix --config.pretrained.path",
+      empty=f"pretrained.path={given} holds no camjax checkpoint; set --config.pretrained.path to a training "
+            "workdir, its checkpoints dir or one checkpoint step dir")
+  step, saved = restore_newest(
+      found, lambda _, stored: {g: _on_local_device(stored[g]) for g in MODEL_GROUPS if g in stored})
+  state_dir = found.state_dir(step)
   loaded: list[str] = []
 
   def copy(group: str, tree: dict) -> dict:
-    source = {sharding.path_str(p): v for p, v in jax.tree_util.tree_flatten_with_path(saved.get(group, {}))[0]}
+    source = _flat(saved.get(group, {}))
 
     def one(path, value):
       name = sharding.path_str(path)

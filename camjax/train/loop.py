@@ -246,9 +246,10 @@ def _progress(config: Any, start: int, total: int, *, enabled: bool):
 def restore_for_eval(config: Any, workdir: str) -> TrainResult:
   """The newest checkpoint of ``workdir`` as a TrainResult (for ``--mode=eval``).
 
-  A workdir without a checkpoint is a UserError, found before orbax opens
-  anything. Opening the checkpoints creates nothing and leaves unfinished saves
-  of a running job alone.
+  A workdir without a checkpoint is a UserError, found (by orbax's step list)
+  before the model is built. Opening the checkpoints creates nothing and leaves
+  unfinished saves of a running job alone; unreadable newer steps are set aside
+  and the previous one restores.
   """
   directory = checkpoint_dir(workdir)
   if not saved_steps(directory):
