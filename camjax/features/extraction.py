@@ -125,10 +125,9 @@ def replicate_model(model: nnx.Module, mesh: jax.sharding.Mesh) -> nnx.Module:
       return x
     if isinstance(x, jax.Array) and isinstance(x.sharding, jax.sharding.NamedSharding) and x.sharding.mesh == mesh:
       return x
-    if jax.process_count() == 1 or jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):  # keys have no host (numpy) form
       return jax.device_put(x, replicated)
-    host = np.asarray(x)
-    return jax.make_array_from_callback(host.shape, replicated, lambda index: host[index])
+    return sharding.put_global(mesh, x, replicated)
 
   state = nnx.state(model)
   nnx.update(model, jax.tree.map(place, state))
@@ -149,8 +148,8 @@ def gather_rows(array: np.ndarray) -> np.ndarray:
 
 
 def device_batches(batches: Iterable[Mapping[str, np.ndarray]], mesh: jax.sharding.Mesh,
-                   device_keys: tuple[str, ...] = ("image",),
-                   host_keys: tuple[str, ...] | None = None) -> Iterator[tuple[dict[str, jax.Array], dict[str, np.ndarray]]]:
+                   device_keys: tuple[str, ...] = ("image",), host_keys: tuple[str, ...] | None = None
+                   ) -> Iterator[tuple[dict[str, jax.Array], dict[str, np.ndarray]]]:
   """Yield (global device arrays of ``device_keys``, host arrays of ``host_keys`` (default all) from all processes)."""
   data_size = mesh.shape[sharding.DATA]
   for batch in batches:

@@ -252,23 +252,20 @@ def _deep_update(dst: dict, src: Mapping[str, Any], replace: tuple[str, ...] = (
 
 
 def backbone_training_config(config: Any) -> Any:
-  """``config`` with the model, optimizer and training sections of the backbone's own run.
+  """``config`` with the model section of the backbone's own run.
 
-  ``camjax.main`` writes ``WORKDIR/config.json``; restoring a checkpoint needs the
-  network and optimizer it was trained with, whatever overrides that run used.
-  Fields the saved run does not mention keep this config's values; the data and
-  features sections stay those of ``config``.
+  ``camjax.main`` writes ``WORKDIR/config.json``; reading a checkpoint needs the
+  network it was trained with, whatever overrides that run used (only the
+  weights are read, so the run's optimizer does not matter). Fields the saved
+  run does not mention keep this config's values; the other sections stay those
+  of ``config``.
   """
   import ml_collections
 
   merged = config.to_dict()
-  path = os.path.join(config.backbone_workdir, "config.json") if config.backbone_workdir else ""
-  if path and os.path.isfile(path):
-    with open(path) as fh:
-      saved = json.load(fh)
-    for section in ("model", "optimizer", "training", "pretrained"):
-      if isinstance(saved.get(section), Mapping):
-        _deep_update(merged.setdefault(section, {}), saved[section], replace=("overrides",))
+  saved = _saved_config(config.backbone_workdir) if config.backbone_workdir else {}
+  if isinstance(saved.get("model"), Mapping):
+    _deep_update(merged.setdefault("model", {}), saved["model"], replace=("overrides",))
   merged["pretrained"]["path"] = ""  # the checkpoint holds every weight; do not re-import pretrained ones
   return ml_collections.ConfigDict(merged)
 
@@ -302,8 +299,20 @@ def with_backbone_preprocessing(config: Any) -> Any:
       with out.unlocked():
         out.data[key] = tuple(float(v) for v in saved[key])
   if changed:
-    _say(f"note: using the backbone run's preprocessing {', '.join(changed)} (from {config.backbone_workdir}/config.json)")
+    _say(f"note: using the backbone run's preprocessing {', '.join(changed)} "
+         f"(from {config.backbone_workdir}/config.json)")
   return out
+
+
+def _backbone_messages(workdir: str) -> dict[str, str]:
+  """This command's words for a backbone run that is not there or holds no checkpoint."""
+  from camjax import train
+
+  return {"missing": f"backbone_workdir={workdir} is not a directory; train a backbone there first or set "
+                     "--config.backbone_workdir to a camjax training workdir ('' for an untrained backbone)",
+          "empty": f"backbone_workdir={workdir} has no checkpoint in {train.checkpoint_dir(workdir)}; train it first "
+                   f"(python -m camjax.main --config=<training config> --workdir={workdir}) or fix "
+                   "--config.backbone_workdir"}
 
 
 def check_backbone_workdir(config: Any) -> str:
@@ -312,19 +321,15 @@ def check_backbone_workdir(config: Any) -> str:
   A workdir that does not exist or holds no checkpoint is a UserError: a
   mistyped path must not silently give an untrained backbone.
   """
-  from camjax import train
+  from camjax.train import checkpoint
 
   workdir = config.backbone_workdir
   if not workdir:
     return ""
+  messages = _backbone_messages(workdir)
   if not os.path.isdir(workdir):
-    raise UserError(f"backbone_workdir={workdir} is not a directory; train a backbone there first or set "
-                    "--config.backbone_workdir to a camjax training workdir ('' for an untrained backbone)")
-  ckpt = train.checkpoint_dir(workdir)
-  if not (os.path.isdir(ckpt) and any(name.isdigit() for name in os.listdir(ckpt))):
-    raise UserError(f"backbone_workdir={workdir} has no checkpoint in {ckpt}; train it first (python -m camjax.main "
-                    f"--config=<training config> --workdir={workdir}) or fix --config.backbone_workdir")
-  return ckpt
+    raise UserError(messages["missing"])
+  return checkpoint.find_checkpoints(workdir, **messages).directory
 
 
 def load_backbone(config: Any) -> tuple[nnx.Module, dict[str, Any]]:
@@ -333,15 +338,15 @@ def load_backbone(config: Any) -> tuple[nnx.Module, dict[str, Any]]:
   Returns (model, info) where info says where the weights came from.
   """
   from camjax import train
+  from camjax.train import checkpoint
 
   workdir = config.backbone_workdir
   if check_backbone_workdir(config):
     bconfig = backbone_training_config(config)
-    result = train.restore_for_eval(bconfig, workdir)
-    state = result.state
-    model = result.model_def.merge(state["params"], state["batch_stats"], state["other"], train=False)
-    model.eval()
-    return model, {"source": "checkpoint", "workdir": os.path.abspath(workdir), "step": int(result.step),
+    model, step = checkpoint.restore_model(bconfig, workdir, **_backbone_messages(workdir),
+                                           fix=f"fix {os.path.join(workdir, 'config.json')} or the --config.model.* "
+                                               "values")
+    return model, {"source": "checkpoint", "workdir": os.path.abspath(workdir), "step": int(step),
                    "model": bconfig.model.name, "num_classes": int(bconfig.model.num_classes),
                    "data": _saved_data_name(workdir)}
   banner = "=" * 78
@@ -418,7 +423,8 @@ def check_config(config: Any) -> None:
   check_backbone_workdir(config)
 
 
-def _fit(config: Any, train: FeatureSet, val: FeatureSet | None, num_classes: int, loss: str | None = None) -> Selection:
+def _fit(config: Any, train: FeatureSet, val: FeatureSet | None, num_classes: int,
+         loss: str | None = None) -> Selection:
   f = config.features
   return select_and_fit(
       train.features, train.labels, num_classes=num_classes, loss=loss or f.classifier, grid=tuple(f.C_grid),
@@ -545,18 +551,19 @@ def run(config: Any, workdir: str) -> dict[str, Any]:
 
 
 def format_table(result: Mapping[str, Any]) -> str:
-  """The applicable rows of the paper's Tbl. 4 as plain text."""
+  """The applicable rows of the paper's Tbl. 4 as plain text (``camjax.app.format_table``)."""
+  from camjax import app
+
   b = result["backbone"]
-  lines = [f"Fine-grained classification (Zhou et al. 2016, Tbl. 4): {result['model']} on {result['data']}, "
-           f"{result['classifier']} on {result['pooling'].upper()} features, backbone: {b['source']}"]
-  lines.append(f"{'train / test':<22s} {'accuracy':>9s} {'C':>7s}")
-  for row in result["rows"]:
-    lines.append(f"{row['row']:<22s} {100 * row['accuracy']:8.2f}% {row['C']:7g}")
+  title = (f"Fine-grained classification (Zhou et al. 2016, Tbl. 4): {result['model']} on {result['data']}, "
+           f"{result['classifier']} on {result['pooling'].upper()} features, backbone: {b['source']}")
+  rows = [(row["row"], f"{100 * row['accuracy']:.2f}%", f"{row['C']:g}") for row in result["rows"]]
+  notes = []
   if result.get("localization_rate") is not None:
-    lines.append(f"localization rate (test CAM boxes with IoU >= 0.5): {100 * result['localization_rate']:.2f}%")
+    notes.append(f"localization rate (test CAM boxes with IoU >= 0.5): {100 * result['localization_rate']:.2f}%")
   if result.get("full_softmax_regression_accuracy") is not None:
-    lines.append(f"softmax regression on full-image features: {100 * result['full_softmax_regression_accuracy']:.2f}%")
+    notes.append(f"softmax regression on full-image features: {100 * result['full_softmax_regression_accuracy']:.2f}%")
   if result.get("head_accuracy") is not None:
-    lines.append(f"trained softmax head on full images: {100 * result['head_accuracy']:.2f}% "
+    notes.append(f"trained softmax head on full images: {100 * result['head_accuracy']:.2f}% "
                  f"(linear {result['classifier']} - head = {100 * result['linear_minus_head']:+.2f} points)")
-  return "\n".join(lines)
+  return app.format_table(("train / test", "accuracy", "C"), rows, title=title, footer="\n".join(notes))

@@ -139,9 +139,10 @@ class ImageResult:
 class CamRunner:
   """A CAM-capable model plus its preprocessing: images in, top-k classes, maps and boxes out."""
 
-  def __init__(self, model: Any, *, image_size: int = 224, mean: Sequence[float] = (0.485, 0.456, 0.406),
-               std: Sequence[float] = (0.229, 0.224, 0.225), top_k: int = 5, threshold: float = 0.2,
+  def __init__(self, model: Any, *, image_size: int = 224, mean: Sequence[float] | None = None,
+               std: Sequence[float] | None = None, top_k: int = 5, threshold: float = 0.2,
                resize: str = "square", batch_size: int = 8):
+    """``mean`` / ``std``: the normalisation the model was trained with; None means ImageNet's."""
     if resize not in RESIZE_MODES:
       raise UserError(f"cam_images.resize must be one of {RESIZE_MODES}, got {resize!r}")
     if not 0.0 <= threshold < 1.0:
@@ -152,10 +153,13 @@ class CamRunner:
     if num_classes is not None and not 1 <= top_k <= num_classes:
       raise UserError(f"cam_images.top_k must be in [1, {num_classes}], got {top_k}")
     from camjax import cam
+    from camjax.data import transforms  # imported here: the checks above must stay fast
 
     cam.cam_weights(model)  # fails now, with the reason, for models without a GAP head
     model.eval()
     self.model = model
+    mean = transforms.IMAGENET_MEAN if mean is None else mean
+    std = transforms.IMAGENET_STD if std is None else std
     self.image_size, self.mean, self.std = image_size, tuple(mean), tuple(std)
     self.top_k, self.threshold, self.resize, self.batch_size = top_k, threshold, resize, batch_size
 
@@ -384,20 +388,11 @@ def _run_dir(path: str) -> str:
   return path
 
 
-def _checkpoint_state_dir(workdir: str) -> str:
-  """``WORKDIR/checkpoints/<newest step>/state`` (also accepts a step directory)."""
-  path = os.path.abspath(os.path.expanduser(workdir))
-  if not os.path.isdir(path):
-    raise UserError(f"cam_images.workdir={workdir} does not exist; point it at a camjax training workdir")
-  if os.path.isdir(os.path.join(path, "state")):
-    return os.path.join(path, "state")
-  base = os.path.join(path, "checkpoints")
-  steps = sorted(int(d) for d in os.listdir(base) if d.isdigit()) if os.path.isdir(base) else []
-  steps = [step for step in steps if os.path.isdir(os.path.join(base, str(step), "state"))]
-  if not steps:
-    raise UserError(f"cam_images.workdir={workdir} holds no checkpoint (no checkpoints/<step>/state); "
-                    "train first (python -m camjax.main) or point it at a camjax training workdir")
-  return os.path.join(base, str(steps[-1]), "state")
+def _checkpoint_messages(workdir: str) -> dict[str, str]:
+  """This command's words for a run that is not there or holds no checkpoint."""
+  return {"missing": f"cam_images.workdir={workdir} does not exist; point it at a camjax training workdir",
+          "empty": f"cam_images.workdir={workdir} holds no checkpoint (no checkpoints/<step>/state); train first "
+                   "(python -m camjax.main) or point it at a camjax training workdir"}
 
 
 def checkpoint_workdir(config: Any, workdir: str | None = None) -> str:
@@ -406,7 +401,9 @@ def checkpoint_workdir(config: Any, workdir: str | None = None) -> str:
   if not workdir:
     raise UserError("cam_images.weights=checkpoint needs --config.cam_images.workdir=RUN_DIR (a camjax "
                     "training workdir)")
-  _checkpoint_state_dir(workdir)
+  from camjax.train import checkpoint
+
+  checkpoint.find_checkpoints(workdir, **_checkpoint_messages(workdir))
   return workdir
 
 
@@ -478,39 +475,10 @@ def describe_run(config: Any, workdir: str) -> str:
 
 def model_from_checkpoint(config: Any, workdir: str) -> Any:
   """The config's model with parameters and BatchNorm statistics from a camjax training checkpoint."""
-  import orbax.checkpoint as ocp
-  from flax import nnx
+  from camjax.train import checkpoint
 
-  from camjax import train
-  from camjax.weights import assign
-
-  model = nnx.eval_shape(lambda: train.build_model(config))
-  state_dir = _checkpoint_state_dir(workdir)
-  saved = ocp.StandardCheckpointer().restore(state_dir)
-  import jax
-
-  stored = {}
-  for group in ("params", "batch_stats"):
-    for path, value in jax.tree_util.tree_flatten_with_path(saved.get(group, {}))[0]:
-      stored["/".join(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)] = value
-  problems = []
-  for path, node in nnx.iter_graph(model):
-    if not isinstance(node, (nnx.Param, nnx.BatchStat)):
-      continue
-    name = "/".join(map(str, path))
-    want = node.get_value()
-    if name not in stored:
-      problems.append(f"missing {name}")
-    elif tuple(np.shape(stored[name])) != tuple(want.shape):
-      problems.append(f"{name}: checkpoint {tuple(np.shape(stored[name]))} != model {tuple(want.shape)}")
-    else:
-      node.set_value(jax.numpy.asarray(stored[name], want.dtype))
-  if problems:
-    raise UserError(f"checkpoint {state_dir} does not fit model {config.model.name} "
-                    f"(drop the --config.model.* overrides or fix the run's config.json): " + "; ".join(problems[:5]))
-  assign.fill_rng_state(model, 0)
-  model.eval()
-  return model
+  return checkpoint.model_from_workdir(config, workdir, **_checkpoint_messages(workdir),
+                                       fix="drop the --config.model.* overrides or fix the run's config.json")
 
 
 def model_from_config(config: Any, workdir: str | None = None) -> Any:
@@ -609,12 +577,12 @@ def _main(argv: Sequence[str]) -> int:
   images = list(FLAGS.images or []) + extra
   records = run(config, images, FLAGS.output, workdir=FLAGS.workdir, overrides=FLAGS["config"].override_values)
   ok = [r for r in records if "predictions" in r]
-  for r in ok:
-    top = r["predictions"][0]
-    print(f"{r['image']}: {top['class_name'].split(',')[0]} ({top['prob']:.2f}) box {top['box']}")
+  rows = [(r["image"], r["predictions"][0]["class_name"].split(",")[0], r["predictions"][0]["prob"],
+           str(r["predictions"][0]["box"])) for r in ok]
   bad = [r["image"] for r in records if "error" in r]
   unreadable = f" ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})" if bad else ""
-  print(f"{len(ok)} images, {len(bad)} unreadable{unreadable}; wrote {os.path.join(FLAGS.output, 'cams.json')}")
+  summary = f"{len(ok)} images, {len(bad)} unreadable{unreadable}; wrote {os.path.join(FLAGS.output, 'cams.json')}"
+  print(app.format_table(("image", "top class", "prob", "box"), rows, footer=summary) if rows else summary)
   return 0
 
 
