@@ -145,6 +145,31 @@ def test_fc_baselines_reject_gmp_and_cam(name):
     abstract(name).cam_weights()
 
 
+@pytest.mark.parametrize("name, features, gap", [("alexnet", "conv5", "alexnet_gap or alexnet_star_gap"),
+                                                 ("vgg16", "conv5_3", "vgg16_gap")])
+def test_fc_baselines_name_their_features_and_gap_variants(name, features, gap):
+  with pytest.raises(ValueError) as err:
+    abstract(name, pooling="gmp")
+  assert str(err.value) == (f"{name} has a fully connected head, so pooling='gmp' has no meaning; "
+                            f"use {gap} for global max pooling")
+  with pytest.raises(models.NotCamCompatible) as err:
+    abstract(name).cam_weights()
+  assert str(err.value) == (f"{name} has a fully connected head, so CAM does not apply; use Grad-CAM from "
+                            f"camjax.saliency on its {features} features, or a GAP model such as {gap.split()[0]}")
+
+
+def test_imagenet_statistics_have_one_definition():
+  from camjax.data import transforms
+  from camjax.models import efficientnet_lite
+  from camjax.weights import torchvision
+
+  assert efficientnet_lite.IMAGENET_MEAN is transforms.IMAGENET_MEAN
+  assert efficientnet_lite.IMAGENET_STD is transforms.IMAGENET_STD
+  assert torchvision.IMAGENET == (transforms.IMAGENET_MEAN, transforms.IMAGENET_STD)
+  for fmt in ("torchvision_vgg16", "torchvision_alexnet", "efficientnet_lite"):
+    assert torchvision.INPUT_NORMALIZATION[fmt] is torchvision.IMAGENET
+
+
 def test_unknown_name_lists_the_zoo():
   with pytest.raises(ValueError) as err:
     models.create("resnet_gap", num_classes=10)

@@ -23,9 +23,8 @@ from typing import Any
 import jax
 from flax import nnx
 
-from camjax.models.base import NotCamCompatible, PoolingHead, check_pooling
-from camjax.models.layers import (
-    CONV_INIT, FC_INIT, Op, adaptive_avg_pool, check_images, flatten_chw, max_pool, min_input_size, scaled)
+from camjax.models.heads import FcHead, GapHead
+from camjax.models.layers import CONV_INIT, Op, max_pool, scaled
 from camjax.models.registry import register
 
 TORCH_NAMES = {
@@ -64,50 +63,29 @@ class AlexNetFeatures(nnx.Module):
     return nnx.relu(self.conv5(x))
 
 
-class _AlexNetGapBase(nnx.Module):
-  """conv1..conv5, optional extra 3x3 convs, the 1024-unit 3x3 CAM conv, global pooling, linear."""
+class _AlexNetGapBase(GapHead):
+  """conv1..conv5, optional extra 3x3 convs (``extra``), then the GAP head (``cam_conv``, ``head``)."""
 
   name = "alexnet_gap"
+  features_class = AlexNetFeatures
+  backbone_ops = CONV5_OPS
   extra_widths: tuple[int, ...] = ()
 
-  def __init__(
-      self,
-      *,
-      num_classes: int,
-      pooling: str = "gap",
-      use_bias: bool = False,
-      dropout_rate: float = 0.0,
-      width_mult: float = 1.0,
-      in_channels: int = 3,
-      dtype: Any = None,
-      rngs: nnx.Rngs,
-  ):
-    check_pooling(pooling)
-    self.num_classes = num_classes
-    self.features = AlexNetFeatures(width_mult=width_mult, in_channels=in_channels, dtype=dtype, rngs=rngs)
-    cin = self.features.out_channels
-    conv = functools.partial(nnx.Conv, kernel_size=(3, 3), padding=1, dtype=dtype, kernel_init=CONV_INIT, rngs=rngs)
+  def _build_backbone(self, width_mult: float, in_channels: int, dtype: Any, rngs: nnx.Rngs) -> int:
+    cin = super()._build_backbone(width_mult, in_channels, dtype, rngs)
     extra = []
     for width in self.extra_widths:
-      extra.append(conv(cin, scaled(width, width_mult)))
-      cin = scaled(width, width_mult)
+      width = scaled(width, width_mult)
+      extra.append(nnx.Conv(cin, width, (3, 3), padding=1, dtype=dtype, kernel_init=CONV_INIT, rngs=rngs))
+      cin = width
     self.extra = nnx.List(extra)
-    self.cam_conv = conv(cin, scaled(1024, width_mult))
-    self.head = PoolingHead(
-        scaled(1024, width_mult), num_classes, pooling=pooling, use_bias=use_bias,
-        dropout_rate=dropout_rate, dtype=dtype, rngs=rngs)
-    self.min_size = min_input_size(CONV5_OPS)
+    return cin
 
-  def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
-    check_images(images, self.min_size, self.name)
-    x = self.features(images)
+  def _backbone(self, x: jax.Array) -> jax.Array:
+    x = super()._backbone(x)
     for conv in self.extra:
       x = nnx.relu(conv(x))
-    x = nnx.relu(self.cam_conv(x))
-    return self.head(x), x
-
-  def cam_weights(self) -> tuple[jax.Array, jax.Array]:
-    return self.head.cam_weights()
+    return x
 
 
 @register("alexnet_gap")
@@ -138,7 +116,7 @@ class AlexNetStarGap(_AlexNetGapBase):
 
 
 @register("alexnet")
-class AlexNet(nnx.Module):
+class AlexNet(FcHead):
   """The original (single-tower, torchvision layout) AlexNet with its fully connected head.
 
   pool5 -> adaptive average pool to 6x6 (identity at 224/227 px) -> dropout ->
@@ -149,40 +127,10 @@ class AlexNet(nnx.Module):
   """
 
   name = "alexnet"
-
-  def __init__(
-      self,
-      *,
-      num_classes: int,
-      pooling: str = "gap",
-      dropout_rate: float = 0.5,
-      width_mult: float = 1.0,
-      in_channels: int = 3,
-      dtype: Any = None,
-      rngs: nnx.Rngs,
-  ):
-    if pooling != "gap":
-      raise ValueError(f"{self.name} has a fully connected head, so pooling={pooling!r} has no meaning; "
-                       f"use alexnet_gap or alexnet_star_gap for global max pooling")
-    self.num_classes = num_classes
-    self.features = AlexNetFeatures(width_mult=width_mult, in_channels=in_channels, dtype=dtype, rngs=rngs)
-    hidden = scaled(4096, width_mult)
-    self.dropout6 = nnx.Dropout(dropout_rate, rngs=rngs)
-    self.fc6 = nnx.Linear(self.features.out_channels * 36, hidden, dtype=dtype, kernel_init=FC_INIT, rngs=rngs)
-    self.dropout7 = nnx.Dropout(dropout_rate, rngs=rngs)
-    self.fc7 = nnx.Linear(hidden, hidden, dtype=dtype, kernel_init=FC_INIT, rngs=rngs)
-    self.fc8 = nnx.Linear(hidden, num_classes, dtype=dtype, kernel_init=FC_INIT, rngs=rngs)
-    self.min_size = min_input_size(CONV5_OPS + (Op("pool", 3, 2),))
-
-  def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
-    check_images(images, self.min_size, self.name)
-    features = self.features(images)
-    x = flatten_chw(adaptive_avg_pool(max_pool(features, 3, 2), (6, 6)))
-    x = nnx.relu(self.fc6(self.dropout6(x)))
-    x = nnx.relu(self.fc7(self.dropout7(x)))
-    return self.fc8(x), features
-
-  def cam_weights(self):
-    raise NotCamCompatible(
-        f"{self.name} has a fully connected head, so CAM does not apply; use Grad-CAM from "
-        f"camjax.saliency on its conv5 features, or a GAP model such as alexnet_gap")
+  features_class = AlexNetFeatures
+  backbone_ops = CONV5_OPS
+  pool5 = (3, 2)
+  fc_grid = 6
+  dropout_first = True
+  feature_layer = "conv5"
+  gap_variants = ("alexnet_gap", "alexnet_star_gap")

@@ -21,8 +21,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from camjax.models.base import PoolingHead, check_pooling
-from camjax.models.layers import CONV_INIT, MaxPool, Op, check_images, max_pool, min_input_size, scaled
+from camjax.models.heads import GapHead
+from camjax.models.layers import CONV_INIT, MaxPool, Op, max_pool, scaled
 from camjax.models.registry import register
 
 # name: (ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj), in network order.
@@ -81,7 +81,7 @@ class Inception(nnx.Module):
     return jnp.concatenate(outs, axis=-1)
 
 
-class _GoogLeNetBase(nnx.Module):
+class _GoogLeNetBase(GapHead):
   """Stem and inceptions up to ``last`` (inclusive), with torchvision's pools in between."""
 
   name = "googlenet"
@@ -110,9 +110,6 @@ class _GoogLeNetBase(nnx.Module):
       x = getattr(self, name)(x)
     return x
 
-  def cam_weights(self) -> tuple[jax.Array, jax.Array]:
-    return self.head.cam_weights()
-
 
 @register("googlenet_gap")
 class GoogLeNetGap(_GoogLeNetBase):
@@ -127,32 +124,7 @@ class GoogLeNetGap(_GoogLeNetBase):
 
   name = "googlenet_gap"
   last = "inception4e"
-
-  def __init__(
-      self,
-      *,
-      num_classes: int,
-      pooling: str = "gap",
-      use_bias: bool = False,
-      dropout_rate: float = 0.0,
-      width_mult: float = 1.0,
-      in_channels: int = 3,
-      dtype: Any = None,
-      rngs: nnx.Rngs,
-  ):
-    check_pooling(pooling)
-    self.num_classes = num_classes
-    cin = self._build_backbone(width_mult, in_channels, dtype, rngs)
-    width = scaled(1024, width_mult)
-    self.cam_conv = nnx.Conv(cin, width, (3, 3), padding=1, dtype=dtype, kernel_init=CONV_INIT, rngs=rngs)
-    self.head = PoolingHead(width, num_classes, pooling=pooling, use_bias=use_bias,
-                            dropout_rate=dropout_rate, dtype=dtype, rngs=rngs)
-    self.min_size = min_input_size(INCEPTION4E_OPS)
-
-  def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
-    check_images(images, self.min_size, self.name)
-    x = nnx.relu(self.cam_conv(self._backbone(images)))
-    return self.head(x), x
+  backbone_ops = INCEPTION4E_OPS
 
 
 @register("googlenet")
@@ -166,27 +138,7 @@ class GoogLeNet(_GoogLeNetBase):
 
   name = "googlenet"
   last = "inception5b"
-
-  def __init__(
-      self,
-      *,
-      num_classes: int,
-      pooling: str = "gap",
-      use_bias: bool = True,
-      dropout_rate: float = 0.4,
-      width_mult: float = 1.0,
-      in_channels: int = 3,
-      dtype: Any = None,
-      rngs: nnx.Rngs,
-  ):
-    check_pooling(pooling)
-    self.num_classes = num_classes
-    cin = self._build_backbone(width_mult, in_channels, dtype, rngs)
-    self.head = PoolingHead(cin, num_classes, pooling=pooling, use_bias=use_bias,
-                            dropout_rate=dropout_rate, dtype=dtype, rngs=rngs)
-    self.min_size = min_input_size(INCEPTION4E_OPS + (Op("pool", 2, 2, 0, True),))
-
-  def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
-    check_images(images, self.min_size, self.name)
-    x = self._backbone(images)
-    return self.head(x), x
+  backbone_ops = INCEPTION4E_OPS + (Op("pool", 2, 2, 0, True),)
+  cam_width = None  # no added conv: the head pools inception5b
+  default_use_bias = True
+  default_dropout_rate = 0.4

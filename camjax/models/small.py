@@ -8,14 +8,17 @@ import jax
 from flax import nnx
 
 from camjax.models.base import PoolingHead
+from camjax.models.heads import PooledNet
 from camjax.models.registry import register
 
 
 class ConvBNReLU(nnx.Module):
   """3x3 convolution, optional BatchNorm, ReLU."""
 
-  def __init__(self, cin: int, cout: int, *, strides: int = 1, batch_norm: bool = True, dtype: Any = None, rngs: nnx.Rngs):
-    self.conv = nnx.Conv(cin, cout, (3, 3), strides=strides, padding="SAME", use_bias=not batch_norm, dtype=dtype, rngs=rngs)
+  def __init__(self, cin: int, cout: int, *, strides: int = 1, batch_norm: bool = True, dtype: Any = None,
+               rngs: nnx.Rngs):
+    self.conv = nnx.Conv(cin, cout, (3, 3), strides=strides, padding="SAME", use_bias=not batch_norm, dtype=dtype,
+                         rngs=rngs)
     self.norm = nnx.BatchNorm(cout, momentum=0.9, dtype=dtype, rngs=rngs) if batch_norm else None
 
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -26,7 +29,7 @@ class ConvBNReLU(nnx.Module):
 
 
 @register("small_gap")
-class SmallGapNet(nnx.Module):
+class SmallGapNet(PooledNet):
   """Stages of 3x3 conv blocks; every stage but the first halves the resolution.
 
   ``widths`` gives one stage per entry; ``blocks_per_stage`` is one count for
@@ -76,6 +79,3 @@ class SmallGapNet(nnx.Module):
     for block in self.blocks:
       x = block(x)
     return self.head(x), x
-
-  def cam_weights(self) -> tuple[jax.Array, jax.Array]:
-    return self.head.cam_weights()

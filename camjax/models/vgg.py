@@ -3,7 +3,8 @@
 The 13 conv layers (3x3 pad 1, ReLU, no BatchNorm) are torchvision's ``vgg16``
 in the same order and shapes, so torchvision weights map one to one (see
 ``TORCH_NAMES``; kernels transpose OIHW -> HWIO, (out, in) -> (in, out)).
-The baseline's ``fc6`` reads the pooled map flattened in NCHW order, as torch does.
+The baseline's ``fc6`` reads the pooled map flattened in NCHW order, as torch does
+(``camjax.models.heads.FcHead``).
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ from typing import Any
 import jax
 from flax import nnx
 
-from camjax.models.base import NotCamCompatible, PoolingHead, check_pooling
-from camjax.models.layers import (
-    CONV_INIT, FC_INIT, Op, adaptive_avg_pool, check_images, flatten_chw, max_pool, min_input_size, scaled)
+from camjax.models.heads import FcHead, GapHead
+from camjax.models.layers import CONV_INIT, Op, max_pool, scaled
 from camjax.models.registry import register
 
 # (stage, widths); a 2x2/2 max pool follows every stage (pool5 only in the baseline).
@@ -63,7 +63,7 @@ class VGG16Features(nnx.Module):
 
 
 @register("vgg16_gap")
-class VGG16Gap(nnx.Module):
+class VGG16Gap(GapHead):
   """VGGnet-GAP: conv1_1..conv5_3 with pool5 and the FC layers removed (224 px -> 14x14),
   then a 3x3/1 pad 1 conv with 1024 units + ReLU, global pooling and a linear classifier.
 
@@ -72,40 +72,12 @@ class VGG16Gap(nnx.Module):
   """
 
   name = "vgg16_gap"
-
-  def __init__(
-      self,
-      *,
-      num_classes: int,
-      pooling: str = "gap",
-      use_bias: bool = False,
-      dropout_rate: float = 0.0,
-      width_mult: float = 1.0,
-      in_channels: int = 3,
-      dtype: Any = None,
-      rngs: nnx.Rngs,
-  ):
-    check_pooling(pooling)
-    self.num_classes = num_classes
-    self.features = VGG16Features(width_mult=width_mult, in_channels=in_channels, dtype=dtype, rngs=rngs)
-    width = scaled(1024, width_mult)
-    self.cam_conv = nnx.Conv(self.features.out_channels, width, (3, 3), padding=1, dtype=dtype,
-                             kernel_init=CONV_INIT, rngs=rngs)
-    self.head = PoolingHead(width, num_classes, pooling=pooling, use_bias=use_bias,
-                            dropout_rate=dropout_rate, dtype=dtype, rngs=rngs)
-    self.min_size = min_input_size(CONV5_OPS)
-
-  def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
-    check_images(images, self.min_size, self.name)
-    x = nnx.relu(self.cam_conv(self.features(images)))
-    return self.head(x), x
-
-  def cam_weights(self) -> tuple[jax.Array, jax.Array]:
-    return self.head.cam_weights()
+  features_class = VGG16Features
+  backbone_ops = CONV5_OPS
 
 
 @register("vgg16")
-class VGG16(nnx.Module):
+class VGG16(FcHead):
   """The original VGG16 (configuration D) with its fully connected head.
 
   pool5 -> adaptive average pool to 7x7 (identity at 224 px) -> fc6 4096 ->
@@ -115,40 +87,10 @@ class VGG16(nnx.Module):
   """
 
   name = "vgg16"
-
-  def __init__(
-      self,
-      *,
-      num_classes: int,
-      pooling: str = "gap",
-      dropout_rate: float = 0.5,
-      width_mult: float = 1.0,
-      in_channels: int = 3,
-      dtype: Any = None,
-      rngs: nnx.Rngs,
-  ):
-    if pooling != "gap":
-      raise ValueError(f"{self.name} has a fully connected head, so pooling={pooling!r} has no meaning; "
-                       f"use vgg16_gap for global max pooling")
-    self.num_classes = num_classes
-    self.features = VGG16Features(width_mult=width_mult, in_channels=in_channels, dtype=dtype, rngs=rngs)
-    hidden = scaled(4096, width_mult)
-    self.fc6 = nnx.Linear(self.features.out_channels * 49, hidden, dtype=dtype, kernel_init=FC_INIT, rngs=rngs)
-    self.dropout6 = nnx.Dropout(dropout_rate, rngs=rngs)
-    self.fc7 = nnx.Linear(hidden, hidden, dtype=dtype, kernel_init=FC_INIT, rngs=rngs)
-    self.dropout7 = nnx.Dropout(dropout_rate, rngs=rngs)
-    self.fc8 = nnx.Linear(hidden, num_classes, dtype=dtype, kernel_init=FC_INIT, rngs=rngs)
-    self.min_size = min_input_size(CONV5_OPS + (Op("pool", 2, 2),))
-
-  def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
-    check_images(images, self.min_size, self.name)
-    features = self.features(images)
-    x = flatten_chw(adaptive_avg_pool(max_pool(features, 2, 2), (7, 7)))
-    x = self.dropout6(nnx.relu(self.fc6(x)))
-    x = self.dropout7(nnx.relu(self.fc7(x)))
-    return self.fc8(x), features
-
-  def cam_weights(self):
-    raise NotCamCompatible(
-        f"{self.name} has a fully connected head, so CAM does not apply; use Grad-CAM from "
-        f"camjax.saliency on its conv5_3 features, or a GAP model such as vgg16_gap")
+  features_class = VGG16Features
+  backbone_ops = CONV5_OPS
+  pool5 = (2, 2)
+  fc_grid = 7
+  dropout_first = False
+  feature_layer = "conv5_3"
+  gap_variants = ("vgg16_gap",)
