@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from camjax import models
-from camjax.models import efficientnet_lite as lite
+from camjax.data import transforms as T
 from camjax.weights import assign, load_pretrained
 from camjax.weights import efficientnet_lite as lite_weights
 
@@ -39,7 +39,7 @@ def _reference_preprocess(image: np.ndarray, size: int, crop: bool) -> np.ndarra
     left, top = (im.size[0] - size) // 2, (im.size[1] - size) // 2
     im = im.crop((left, top, left + size, top + size))
   x = np.asarray(im, np.float32) / 255.0
-  return ((x - np.array(lite.IMAGENET_MEAN, np.float32)) / np.array(lite.IMAGENET_STD, np.float32)).astype(np.float32)
+  return ((x - np.array(T.IMAGENET_MEAN, np.float32)) / np.array(T.IMAGENET_STD, np.float32)).astype(np.float32)
 
 
 @pytest.fixture(scope="module")

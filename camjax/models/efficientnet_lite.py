@@ -24,7 +24,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from camjax.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from camjax.models.base import PoolingHead, check_pooling
+from camjax.models.heads import PooledNet
 from camjax.models.layers import check_images
 from camjax.models.registry import register
 
@@ -66,9 +68,8 @@ VARIANTS = {
     "efficientnet_lite4": (1.4, 1.8, 300, 0.3),
 }
 
-# Preprocessing the pretrained weights expect: RGB in [0, 1], then (x - mean) / std.
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# Preprocessing the pretrained weights expect: RGB in [0, 1], then (x - mean) / std with
+# ``camjax.data.transforms``' ImageNet statistics (IMAGENET_MEAN / IMAGENET_STD, importable from here too).
 
 
 def round_filters(channels: int, width: float) -> int:
@@ -133,7 +134,7 @@ class MBConv(nnx.Module):
     return x
 
 
-class EfficientNetLite(nnx.Module):
+class EfficientNetLite(PooledNet):
   """EfficientNet-Lite with a GAP (or GMP) + linear head; ``__call__`` returns (logits, head features).
 
   ``variant`` is one of ``VARIANTS``; ``width``/``depth`` override its
@@ -192,9 +193,6 @@ class EfficientNetLite(nnx.Module):
       x = block(x)
     x = jax.nn.relu6(self.head_bn(self.head_conv(x)))
     return self.head(x), x
-
-  def cam_weights(self) -> tuple[jax.Array, jax.Array]:
-    return self.head.cam_weights()
 
 
 def _builder(variant: str):

@@ -26,13 +26,14 @@ from typing import Mapping
 import numpy as np
 from flax import nnx
 
+from camjax.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from camjax.errors import UserError
 from camjax.weights import assign, torch_reader
 
 FORMATS = ("torchvision_vgg16", "torchvision_alexnet", "torchvision_googlenet", "efficientnet_lite")
 
 # (mean, std) on RGB in [0, 1] that the pretrained weights expect.
-IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+IMAGENET = (IMAGENET_MEAN, IMAGENET_STD)
 INPUT_NORMALIZATION = {
     "torchvision_vgg16": IMAGENET,
     "torchvision_alexnet": IMAGENET,
