@@ -35,4 +35,5 @@ def create(name: str, *, num_classes: int, pooling: str = "gap", seed: int = 0, 
     raise ValueError(f"unknown model {name!r}; known models: {', '.join(names())}")
   if num_classes < 1:
     raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-  return _BUILDERS[name](num_classes=num_classes, pooling=pooling, rngs=nnx.Rngs(params=seed, dropout=seed + 1), **overrides)
+  rngs = nnx.Rngs(params=seed, dropout=seed + 1)
+  return _BUILDERS[name](num_classes=num_classes, pooling=pooling, rngs=rngs, **overrides)
