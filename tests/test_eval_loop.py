@@ -18,13 +18,11 @@ from test_pipeline import Source
 def test_synthetic_split_batch_count_is_the_progress_total(max_examples, batch_size, processes, expected):
   config = h.tiny(**{"eval.max_examples": max_examples, "eval.batch_size": batch_size})
   runs = [train_data.eval_batches(config, process_index=p, process_count=processes) for p in range(processes)]
-  assert [eval_loop.num_eval_batches(run, config, processes) for run in runs] == [expected] * processes
+  assert [eval_loop.num_eval_batches(run) for run in runs] == [expected] * processes
   assert [len(list(run)) for run in runs] == [expected] * processes
 
 
 def test_pipeline_batches_give_their_own_length():
-  config = h.tiny()
-  config.data.name = "cub"  # not synthetic: the count must come from the batches themselves
   batches = pipeline.eval_batches(Source(13), global_batch_size=6, image_size=16, process_index=1, process_count=2)
-  assert eval_loop.num_eval_batches(batches, config, 2) == 3 == len(list(batches))
-  assert eval_loop.num_eval_batches(iter([]), config, 2) is None  # unknown: the bar shows a count only
+  assert eval_loop.num_eval_batches(batches) == 3 == len(list(batches))
+  assert eval_loop.num_eval_batches(iter([])) is None  # unknown: the bar shows a count only

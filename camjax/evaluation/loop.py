@@ -29,7 +29,6 @@ from jax.experimental import multihost_utils
 
 from camjax import cam
 from camjax.train import data as train_data, sharding
-from camjax.data import pipeline
 from camjax.errors import UserError
 from camjax.localization.maps import min_max  # per-map min-max to [0, 1], as the saved-map scorer
 from camjax.train.metrics import MetricsWriter
@@ -74,20 +73,12 @@ def _merge_across_processes(accumulator: Any) -> None:
   accumulator.load_state(total)
 
 
-def num_eval_batches(batches: Any, config: Any, process_count: int) -> int | None:
-  """Batches every process runs in evaluation (the same on all), for the progress bar's total.
-
-  The pipeline's batches know their length; the synthetic split is a generator, so its count
-  is computed as ``train_data.eval_batches`` makes it: ceil(examples / eval batch size).
-  """
+def num_eval_batches(batches: Any) -> int | None:
+  """Batches every process runs in evaluation (the same on all), for the progress bar's total; None if unknown."""
   try:
     return len(batches)
   except TypeError:
-    pass
-  if config.data.name == train_data.SYNTHETIC:
-    num_examples = config.eval.max_examples or 4 * config.eval.batch_size  # as train_data.eval_batches
-    return pipeline.num_eval_batches(num_examples, config.eval.batch_size, process_count)
-  return None
+    return None
 
 
 def _is_cam_model(model_def: Any, state: dict) -> bool:
@@ -133,7 +124,7 @@ def evaluate(model_state: Any, config: Any, workdir: str) -> dict:
   batches = train_data.eval_batches(config, process_index=jax.process_index(), process_count=jax.process_count())
   from tqdm import tqdm
 
-  bar = tqdm(batches, desc="eval", unit="batch", total=num_eval_batches(batches, config, jax.process_count()),
+  bar = tqdm(batches, desc="eval", unit="batch", total=num_eval_batches(batches),
              disable=jax.process_index() != 0 or not config.training.progress_bar)
   for batch in bar:
     if pxap is None and "mask" in batch and "wsol" in protocols:
