@@ -26,3 +26,13 @@ def test_pipeline_batches_give_their_own_length():
   batches = pipeline.eval_batches(Source(13), global_batch_size=6, image_size=16, process_index=1, process_count=2)
   assert eval_loop.num_eval_batches(batches) == 3 == len(list(batches))
   assert eval_loop.num_eval_batches(iter([])) is None  # unknown: the bar shows a count only
+
+
+def test_report_data_counts_each_class_and_ranks_images_by_iou():
+  rows = [[0, 1, 1, 0.9], [1, 1, 0, 0.2], [2, 0, 0, 0.5], [3, 0, 1, 0.7], [4, 2, 2, 0.0]]
+  data = eval_loop.report_data(rows, None, None, extremes=2)
+  assert data["per_class"] == {"0": {"images": 2, "top1": 50.0, "gt_known_loc": 100.0},
+                               "1": {"images": 2, "top1": 50.0, "gt_known_loc": 50.0},
+                               "2": {"images": 1, "top1": 100.0, "gt_known_loc": 0.0}}
+  assert [r["index"] for r in data["best"]] == [0, 3] and [r["index"] for r in data["worst"]] == [4, 1]
+  assert "box_acc" not in data and "pxap_pr" not in data

@@ -120,6 +120,7 @@ def evaluate(model_state: Any, config: Any, workdir: str) -> dict:
                               paper_threshold=config.eval.paper_threshold, cam_thresholds=thresholds,
                               iou_thresholds=config.eval.iou_thresholds)
   correct1 = correct5 = count = 0
+  per_image: list[list] | None = [] if config.report.enabled and "paper" in protocols else None
 
   batches = train_data.eval_batches(config, process_index=jax.process_index(), process_count=jax.process_count())
   from tqdm import tqdm
@@ -147,6 +148,9 @@ def evaluate(model_state: Any, config: Any, workdir: str) -> dict:
     boxes = [np.asarray(b[:n]).round().astype(np.int64) for b, n in zip(np.asarray(batch["boxes"])[valid], nb)]
     if paper is not None:
       paper.add(maps[:, :top_k], ids[:, :top_k], [int(v) for v in label], boxes, gt_known_cams=maps[:, top_k])
+    if per_image is not None:
+      per_image.extend(_image_rows(np.asarray(batch["index"])[valid], label, ids[:, 0], maps[:, top_k], boxes,
+                                   config.eval.paper_threshold))
     gt_maps = min_max(maps[:, top_k], dtype=np.float32)
     if wsol is not None:
       wsol.add(gt_maps, boxes, top1_correct=ids[:, 0] == label)
@@ -177,12 +181,59 @@ def evaluate(model_state: Any, config: Any, workdir: str) -> dict:
       _merge_across_processes(acc)
       results["baseline"][name] = acc.result()
     baseline.wsol.close()
+  if per_image is not None:
+    results["report"] = report_data(sum(sharding.gather_json(per_image), []), wsol, pxap)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
-      json.dump(results, f, indent=2, default=float)
+      json.dump({k: v for k, v in results.items() if k != "report"}, f, indent=2, default=float)
     with MetricsWriter(workdir) as writer:
-      writer.write(model_state.step, _flatten(results), split="eval")
+      writer.write(model_state.step, _flatten({k: v for k, v in results.items() if k != "report"}), split="eval")
   return results
+
+
+def _image_rows(indices: np.ndarray, labels: np.ndarray, top1: np.ndarray, gt_maps: np.ndarray,
+                boxes: list[np.ndarray], threshold: float) -> list[list]:
+  """[eval index, label, top-1 class, IoU of the true class's paper-protocol box] per image, for the report."""
+  from camjax import localization
+
+  rows = []
+  for index, label, pred, cam_map, gt in zip(indices, labels, top1, gt_maps, boxes):
+    box = localization.boxes_from_cam(cam_map, threshold, protocol="paper")
+    best = float(localization.iou(box, gt).max()) if len(box) and len(gt) else 0.0
+    rows.append([int(index), int(label), int(pred), best])
+  return rows
+
+
+def report_data(rows: list[list], wsol: Any, pxap: Any, *, extremes: int = 6) -> dict[str, Any]:
+  """What the report draws beyond the scores: per-class table, best/worst images, BoxAcc and PR curves.
+
+  ``rows`` are every process's ``_image_rows``; the IoU is the paper protocol's GT-known box (IoU >= 0.5 counts).
+  """
+  per_class: dict[int, dict[str, float]] = {}
+  for _, label, pred, best in rows:
+    row = per_class.setdefault(label, {"images": 0, "top1": 0.0, "gt_known_loc": 0.0})
+    row["images"] += 1
+    row["top1"] += pred == label
+    row["gt_known_loc"] += best >= 0.5
+  for row in per_class.values():
+    row["top1"] = 100.0 * row["top1"] / row["images"]
+    row["gt_known_loc"] = 100.0 * row["gt_known_loc"] / row["images"]
+  ranked = sorted(rows, key=lambda r: (-r[3], r[0]))
+  data: dict[str, Any] = {
+      "per_class": {str(k): per_class[k] for k in sorted(per_class)},
+      "best": [{"index": r[0], "label": r[1], "top1": r[2], "iou": r[3]} for r in ranked[:extremes]],
+      "worst": [{"index": r[0], "label": r[1], "top1": r[2], "iou": r[3]} for r in ranked[::-1][:extremes]],
+  }
+  if wsol is not None:
+    data["cam_thresholds"] = [float(t) for t in wsol.cam_thresholds]
+    curve = wsol.curve(multi_contour=True)
+    data["box_acc"] = {str(t): curve[k].tolist() for k, t in enumerate(wsol.iou_thresholds)}
+  if pxap is not None:
+    from camjax.localization import pixel_precision_recall
+
+    precision, recall, keep = pixel_precision_recall(pxap.fg_hist, pxap.bg_hist)
+    data["pxap_pr"] = {"precision": precision[keep].tolist(), "recall": recall[keep].tolist()}
+  return data
 
 
 def _flatten(results: dict) -> dict:

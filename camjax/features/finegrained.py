@@ -60,10 +60,8 @@ def box_from_cam(cam_map: np.ndarray, threshold: float) -> np.ndarray:
 
   cam_map = np.asarray(cam_map, np.float32)
   boxes = localization.boxes_from_cam(cam_map, threshold, protocol="paper")
-  if boxes.shape[0] == 0:
-    span = float(cam_map.max() - cam_map.min())
-    if span > 0:
-      boxes = localization.boxes_from_cam((cam_map - cam_map.min()) / span, threshold, protocol="paper")
+  if boxes.shape[0] == 0 and float(cam_map.max() - cam_map.min()) > 0:
+    boxes = localization.boxes_from_cam(localization.min_max(cam_map), threshold, protocol="paper")
   if boxes.shape[0] == 0:
     height, width = cam_map.shape
     return np.array([0, 0, width - 1, height - 1], np.int64)
@@ -371,8 +369,7 @@ def _data_source(config: Any, split: str) -> tuple[Any, int]:
   """(random-access records of ``split``, number of classes of the data set)."""
   from camjax import data
 
-  builder = data.prepare(config.data.name, config.data.data_dir or None, config.data.builder_config or None,
-                         manual_dir=config.data.manual_dir or None, on_bad_data=config.data.on_bad_data)
+  builder = data.prepare_from_config(config)
   if split not in builder.info.splits:
     raise UserError(f"data set {config.data.name} has no split {split!r}; set features.*_split to one of: "
                      f"{', '.join(builder.info.splits)}")

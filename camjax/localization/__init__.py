@@ -18,11 +18,12 @@ from camjax.localization.maps import min_max, resize_map
 from camjax.localization.paper import (PaperAccumulator, heuristic_boxes, paper_heuristic_localization,
                                        paper_localization)
 from camjax.localization.wsol import (DEFAULT_CAM_THRESHOLDS, DEFAULT_IOU_THRESHOLDS, PxapAccumulator, WsolAccumulator,
-                                      box_accuracy_curve, evaluate_wsol_batch, max_box_acc, pxap, pxap_from_histograms)
+                                      box_accuracy_curve, max_box_acc, pixel_precision_recall, pxap,
+                                      pxap_from_histograms)
 
 __all__ = [
     "DEFAULT_CAM_THRESHOLDS", "DEFAULT_IOU_THRESHOLDS", "PaperAccumulator", "PxapAccumulator", "WsolAccumulator",
-    "box_accuracy_curve", "boxes_from_cam", "evaluate_wsol_batch", "heuristic_boxes", "iou", "max_box_acc",
-    "min_max", "paper_box", "paper_heuristic_localization", "paper_localization", "pxap", "pxap_from_histograms",
+    "box_accuracy_curve", "boxes_from_cam", "heuristic_boxes", "iou", "max_box_acc", "min_max", "paper_box",
+    "paper_heuristic_localization", "paper_localization", "pixel_precision_recall", "pxap", "pxap_from_histograms",
     "quantize", "resize_map", "wsol_boxes_at_level",
 ]

@@ -232,13 +232,6 @@ def max_box_acc(scoremaps: Any, gt_boxes: Sequence[Any], cam_thresholds: Any = D
   return acc.result()
 
 
-def evaluate_wsol_batch(scoremaps: Any, gt_boxes: Sequence[Any], accumulator: WsolAccumulator,
-                        top1_correct: Any = None) -> WsolAccumulator:
-  """Add one batch to ``accumulator`` and return it (for training loops)."""
-  accumulator.add(scoremaps, gt_boxes, top1_correct)
-  return accumulator
-
-
 class PxapAccumulator:
   """Pooled foreground/background score histograms for PxAP (``docs/protocol.md``, PxAP).
 
@@ -306,8 +299,11 @@ class PxapAccumulator:
     return {"PxAP": pxap_from_histograms(self.fg_hist, self.bg_hist), "num_images": self.num_images}
 
 
-def pxap_from_histograms(fg_hist: np.ndarray, bg_hist: np.ndarray) -> float:
-  """AP of the pixel precision-recall curve walked from the top bin down; leaves out tp + fp == 0."""
+def pixel_precision_recall(fg_hist: np.ndarray, bg_hist: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(precision, recall, kept) of the pooled pixel histograms, walked from the top bin down.
+
+  ``kept`` is False where no pixel is above the bin (tp + fp == 0): precision is undefined there.
+  """
   fg_hist = np.asarray(fg_hist, np.float64)
   bg_hist = np.asarray(bg_hist, np.float64)
   num_fg = fg_hist.sum()
@@ -319,7 +315,12 @@ def pxap_from_histograms(fg_hist: np.ndarray, bg_hist: np.ndarray) -> float:
   keep = (tp + fp) != 0
   with np.errstate(invalid="ignore", divide="ignore"):
     precision = tp / (tp + fp)
-  recall = tp / num_fg
+  return precision, tp / num_fg, keep
+
+
+def pxap_from_histograms(fg_hist: np.ndarray, bg_hist: np.ndarray) -> float:
+  """AP of the pixel precision-recall curve walked from the top bin down; leaves out tp + fp == 0."""
+  precision, recall, keep = pixel_precision_recall(fg_hist, bg_hist)
   return float(100.0 * (precision[1:] * np.diff(recall))[keep[1:]].sum())
 
 

@@ -259,11 +259,14 @@ def _format_metric(value: Any) -> str:
 
 
 def write_report_html(path: str | os.PathLike, metrics: dict, images: Sequence[tuple[str, str]], *,
-                      title: str = "camjax report", embed: bool = True) -> str:
+                      title: str = "camjax report", embed: bool = True,
+                      sections: Sequence[tuple[str, str]] = ()) -> str:
   """A single HTML file with a metrics table and titled pictures that opens without a server.
 
   ``embed=True`` puts every PNG inside the file (base64), so the report can be
   moved alone; otherwise images are linked by paths relative to the report.
+  ``sections`` are (heading, HTML) pairs placed between the table and the pictures
+  (charts as inline SVG, further tables); their HTML is trusted as it is.
   """
   path = os.fspath(path)
   root = os.path.dirname(os.path.abspath(path))
@@ -283,14 +286,17 @@ body {{ font-family: sans-serif; margin: 2em; color: #222; }}
 table {{ border-collapse: collapse; margin-bottom: 2em; }}
 th, td {{ border: 1px solid #ccc; padding: 4px 10px; text-align: left; }}
 th {{ background: #f4f4f4; }}
+td.num {{ text-align: right; }}
 figure {{ margin: 0 0 2em 0; }}
-img {{ max-width: 100%; }}
+img, svg {{ max-width: 100%; height: auto; }}
+.charts {{ display: flex; flex-wrap: wrap; gap: 1em; margin-bottom: 2em; }}
 figcaption {{ font-size: 0.9em; color: #555; }}
 </style></head>
 <body><h1>{html.escape(title)}</h1>
 <table>
 {rows}
 </table>
+{chr(10).join(f"<h2>{html.escape(h)}</h2>{chr(10)}{body}" for h, body in sections)}
 {chr(10).join(figures)}
 </body></html>
 """

@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from camjax import cam, localization
-from camjax.report import figures as viz
+from camjax.report import charts, figures as viz
 from camjax.train import data as train_data, sharding
 
 log = logging.getLogger("camjax.report")
@@ -58,7 +58,7 @@ def metrics_summary(results: dict) -> dict[str, Any]:
     summary["baseline"] = headline(base)
   summary["num_images"] = results["num_images"]
   summary["step"] = results["step"]
-  summary["details"] = results
+  summary["details"] = {k: v for k, v in results.items() if k != "report"}
   return summary
 
 
@@ -72,17 +72,28 @@ def class_names(config: Any) -> list[str]:
   return names
 
 
-def _first_images(config: Any, count: int) -> dict[str, np.ndarray]:
-  """The first ``count`` valid evaluation examples, read by this process alone."""
-  rows: list[dict[str, np.ndarray]] = []
+def _first_images(config: Any, count: int, indices: list[int] | None = None) -> dict[str, np.ndarray]:
+  """The first ``count`` valid evaluation examples (or those whose eval ``index`` is listed, in that order).
+
+  Read by this process alone, in one pass that stops as soon as it has them all.
+  """
+  wanted = None if indices is None else {int(i): n for n, i in enumerate(indices)}
+  rows: dict[int, dict[str, np.ndarray]] = {}
   for batch in train_data.eval_batches(config, process_index=0, process_count=1):
     for i in np.nonzero(np.asarray(batch["valid"]))[0]:
-      rows.append({k: np.asarray(v)[i] for k, v in batch.items()})
-      if len(rows) == count:
-        return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+      index = int(np.asarray(batch["index"])[i])
+      if wanted is not None and index not in wanted:
+        continue
+      rows[len(rows) if wanted is None else wanted[index]] = {k: np.asarray(v)[i] for k, v in batch.items()}
+      if len(rows) == (count if wanted is None else len(wanted)):
+        break
+    else:
+      continue
+    break
   if not rows:
     raise ValueError("the evaluation split has no example to draw")
-  return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+  ordered = [rows[k] for k in sorted(rows)]
+  return {k: np.stack([r[k] for r in ordered]) for k in ordered[0]}
 
 
 def _display(images: np.ndarray, config: Any) -> np.ndarray:
@@ -143,6 +154,69 @@ def write_pictures(model: Any, config: Any, workdir: str, names: list[str]) -> l
   return figures
 
 
+def report_sections(workdir: str, config: Any, data: dict | None, names: list[str]) -> list[tuple[str, str]]:
+  """The page's charts and tables: training curves, BoxAcc against the threshold, PR curve, per-class scores."""
+  import html
+
+  from camjax.train.metrics import read_metrics
+
+  sections = []
+  try:
+    records = read_metrics(workdir, "train")
+  except FileNotFoundError:
+    records = []
+  curves = charts.training_curves(records)
+  if curves:
+    sections.append(("Training", '<div class="charts">' + "\n".join(curves) + "</div>"))
+  data = data or {}
+  localization_charts = []
+  if "box_acc" in data:
+    localization_charts.append(charts.box_accuracy_chart(
+        data["cam_thresholds"], {int(float(k)): v for k, v in data["box_acc"].items()},
+        paper_threshold=config.eval.paper_threshold))
+  if "pxap_pr" in data:
+    pr = data["pxap_pr"]
+    localization_charts.append(charts.precision_recall_chart(pr["precision"], pr["recall"],
+                                                             float(data.get("pxap", float("nan")))))
+  if localization_charts:
+    sections.append(("Localization against the threshold",
+                     '<div class="charts">' + "\n".join(localization_charts) + "</div>"))
+  if data.get("per_class"):
+    rows = "\n".join(
+        f"<tr><th>{html.escape(names[int(c)] if int(c) < len(names) else str(c))}</th>"
+        f'<td class="num">{r["images"]}</td><td class="num">{r["top1"]:.1f}</td>'
+        f'<td class="num">{r["gt_known_loc"]:.1f}</td></tr>' for c, r in data["per_class"].items())
+    sections.append(("Per class", "<table><tr><th>class</th><th>images</th><th>classification top-1</th>"
+                                  "<th>GT-known loc (paper)</th></tr>\n" + rows + "</table>"))
+  return sections
+
+
+def write_extremes(model: Any, config: Any, workdir: str, names: list[str], data: dict) -> list[tuple[str, str]]:
+  """The best- and worst-localized eval images (paper protocol, true class's CAM) with their IoU."""
+  figures = []
+  for kind in ("best", "worst"):
+    chosen = data.get(kind) or []
+    if not chosen:
+      continue
+    examples = _first_images(config, len(chosen), indices=[c["index"] for c in chosen])
+    images = examples["image"].astype(np.float32)
+    out = cam.class_activation_maps(model, images, class_ids=examples["label"])
+    maps = np.asarray(out.upsampled)[:, 0]
+    shown = _display(images, config)
+    tiles, captions = [], []
+    for i, row in enumerate(chosen[:len(images)]):
+      pred = localization.boxes_from_cam(maps[i], config.eval.paper_threshold, protocol="paper")
+      tile = viz.overlay(shown[i], maps[i], cmap=config.report.cmap)
+      tile = viz.draw_boxes(tile, examples["boxes"][i, :examples["num_boxes"][i]], color=viz.GT_COLOR, width=1)
+      tiles.append(viz.draw_boxes(tile, pred, color=viz.PRED_COLOR, width=1))
+      captions.append(f"{names[row['label']] if row['label'] < len(names) else row['label']}: IoU {row['iou']:.2f}")
+    size = max(176, shown.shape[1] * 2)
+    grid = viz.image_grid(tiles, ncols=min(6, len(tiles)), captions=captions, tile=(size, size))
+    figures.append((f"The {kind}-localized test images (true class's CAM, paper protocol; ground truth green)",
+                    viz.save_png(grid, os.path.join(workdir, f"{kind}_localized.png"))))
+  return figures
+
+
 def write(model_state: Any, config: Any, workdir: str, results: dict) -> dict[str, Any]:
   """Write ``metrics.json``, the pictures and ``report.html``; returns the summary.
 
@@ -157,12 +231,17 @@ def write(model_state: Any, config: Any, workdir: str, results: dict) -> dict[st
   names = class_names(config)
   model = model_state.model_def.merge(*weights, train=False)
   figures = write_pictures(model, config, workdir, names)
+  data = dict(results.get("report") or {})
+  if "pxap" in results:
+    data["pxap"] = results["pxap"]["PxAP"]
+  figures += write_extremes(model, config, workdir, names, data)
   table = {k: v for k, v in summary.items() if k not in ("details", "baseline")}
   for k, v in summary.get("baseline", {}).items():
     table[f"centre baseline: {k}"] = v
   table["model"] = f"{config.model.name} ({config.model.pooling})"
   viz.write_report_html(os.path.join(workdir, REPORT_FILE), table, figures,
-                        title=f"camjax: {config.model.name} on {config.data.name}")
+                        title=f"camjax: {config.model.name} on {config.data.name}",
+                        sections=report_sections(workdir, config, data, names))
   log.info("wrote %s, %s and pictures to %s", METRICS_FILE, REPORT_FILE, workdir)
   return summary
 

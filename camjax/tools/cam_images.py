@@ -103,9 +103,9 @@ def preprocess(image: np.ndarray, shape: tuple[int, int], mean: Sequence[float],
 
 def upsample_map(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
   """Bilinear resize (half-pixel centres, edges clamped) of an (h, w) map to ``shape`` = (H, W)."""
-  import cv2
+  from camjax.localization import resize_map
 
-  return cv2.resize(np.asarray(cam, np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
+  return resize_map(cam, shape)
 
 
 # ----------------------------------------------------------------------------- the CAM path

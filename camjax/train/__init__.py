@@ -33,7 +33,7 @@ from camjax.train.step import NonFiniteLossError, make_train_step, nonfinite_mes
 
 __all__ = [
     "CHECKPOINT_DIR", "COMPUTE_DTYPES", "Checkpoints", "ModelDef", "NonFiniteLossError", "TrainResult",
-    "build_model", "checkpoint_dir", "decay_mask", "flat_paths", "init_state", "load_pretrained",
-    "make_optimizer", "make_schedule", "make_train_step", "nonfinite_message", "param_labels",
-    "pretrained_format", "read_checkpoint_arrays", "restore_for_eval", "train",
+    "build_model", "checkpoint_dir", "decay_mask", "find_checkpoints", "flat_paths", "init_state", "load_pretrained",
+    "make_optimizer", "make_schedule", "make_train_step", "model_from_workdir", "nonfinite_message", "param_labels",
+    "pretrained_format", "read_checkpoint_arrays", "restore_for_eval", "restore_model", "train",
 ]
