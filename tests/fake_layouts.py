@@ -34,7 +34,8 @@ def png_bytes(array: np.ndarray) -> bytes:
   return buf.getvalue()
 
 
-def voc_xml(folder: str, filename: str, width: int, height: int, objects: Iterable[tuple[str, tuple[int, int, int, int]]]) -> bytes:
+def voc_xml(folder: str, filename: str, width: int, height: int,
+            objects: Iterable[tuple[str, tuple[int, int, int, int]]]) -> bytes:
   objs = "".join(
       f"\t<object>\n\t\t<name>{name}</name>\n\t\t<pose>Unspecified</pose>\n\t\t<truncated>0</truncated>\n"
       f"\t\t<difficult>0</difficult>\n\t\t<bndbox>\n\t\t\t<xmin>{b[0]}</xmin>\n\t\t\t<ymin>{b[1]}</ymin>\n"
@@ -116,12 +117,14 @@ def make_ilsvrc(root: str, *, archives: bool = True, bad: Iterable[str] = ()) ->
     if not ("bad_box" in bad and i == 1):
       expect["validation"][f"val/{name}.JPEG"] = {"label": label, "boxes": boxes, "size": (w, h)}
   if archives:
-    _tar(os.path.join(root, "ILSVRC2012_img_train.tar"), {f"{wnid}.tar": _tar_bytes(files) for wnid, files in train_imgs.items()})
+    _tar(os.path.join(root, "ILSVRC2012_img_train.tar"),
+         {f"{wnid}.tar": _tar_bytes(files) for wnid, files in train_imgs.items()})
     _tar(os.path.join(root, "ILSVRC2012_img_val.tar"), val_imgs)
     _tar(os.path.join(root, "ILSVRC2012_bbox_train_v2.tar.gz"), train_xml, "w:gz")
     _tar(os.path.join(root, "ILSVRC2012_bbox_val_v3.tgz"), val_xml, "w:gz")
   else:
-    _write(os.path.join(root, "train"), {f"{wnid}/{n}": d for wnid, files in train_imgs.items() for n, d in files.items()})
+    _write(os.path.join(root, "train"),
+           {f"{wnid}/{n}": d for wnid, files in train_imgs.items() for n, d in files.items()})
     _write(os.path.join(root, "val"), val_imgs)
     _write(os.path.join(root, "bbox_train"), train_xml)
     _write(os.path.join(root, "bbox_val"), {k[len("val/"):]: v for k, v in val_xml.items()})
@@ -139,7 +142,8 @@ def cub_mask(width: int, height: int, box: tuple[float, float, float, float]) ->
   return np.where(r <= 1.0, 255, np.where(r <= 1.3, 102, 0)).astype(np.uint8)
 
 
-def make_cub(root: str, *, archives: bool = True, segmentations: bool = True, bad: Iterable[str] = ()) -> dict[str, dict]:
+def make_cub(root: str, *, archives: bool = True, segmentations: bool = True,
+             bad: Iterable[str] = ()) -> dict[str, dict]:
   """A 3-class CUB manual folder; returns {split: {id: {"label", "box" (x, y, w, h), "size", "mask"}}}.
 
   ``bad`` may hold "corrupt" (a corrupt training JPEG), "bad_box" (a test box of
@@ -192,7 +196,8 @@ def make_cub(root: str, *, archives: bool = True, segmentations: bool = True, ba
   return expect
 
 
-def write_wsol_metadata(folder: str, items: Iterable[tuple[str, int, tuple[int, int], list[tuple[float, float, float, float]]]]) -> None:
+def write_wsol_metadata(folder: str, items: Iterable[tuple[str, int, tuple[int, int],
+                                                           list[tuple[float, float, float, float]]]]) -> None:
   """One WSOL-standard split folder from (id, label, (w, h), [(x0, y0, x1, y1), ...]) tuples."""
   items = list(items)
   os.makedirs(folder, exist_ok=True)

@@ -23,7 +23,8 @@ def _all(builder, split):
 
 def _pixel_boxes(rec):
   h, w = rec["image"].shape[:2]
-  return [tuple(int(v) for v in b) for b in B.normalized_to_pixel(np.asarray(rec["bboxes"], np.float32).reshape(-1, 4), h, w)]
+  return [tuple(int(v) for v in b)
+          for b in B.normalized_to_pixel(np.asarray(rec["bboxes"], np.float32).reshape(-1, 4), h, w)]
 
 
 def _shard_digests(builder):
@@ -105,7 +106,8 @@ def test_shapes_records_consistent(tiny_builders):
   builder = tiny_builders[0]
   names = builder.info.features["label"].names
   assert names == list(shapes.CLASS_NAMES) and len(names) >= 10
-  assert {s: builder.info.splits[s].num_examples for s in ("train", "validation", "test")} == {"train": 192, "validation": 64, "test": 64}
+  assert {s: builder.info.splits[s].num_examples for s in ("train", "validation", "test")} == {
+      "train": 192, "validation": 64, "test": 64}
   labels = []
   for split in ("train", "validation"):
     for key, rec in _all(builder, split).items():
@@ -183,7 +185,8 @@ def test_ilsvrc_wsol_metadata_splits(tmp_path):
   for i, (iid, _, (w, h), _) in enumerate(v2):
     fake.write_image(os.path.join(manual, "ILSVRC", iid), w, h, seed=900 + i)
   fake.write_wsol_metadata(os.path.join(meta, "val"), v2)
-  fake.write_wsol_metadata(os.path.join(meta, "test"), [("val/ILSVRC2012_val_00000001.JPEG", 0, (48, 36), [(1, 2, 44, 34)])])
+  fake.write_wsol_metadata(os.path.join(meta, "test"),
+                           [("val/ILSVRC2012_val_00000001.JPEG", 0, (48, 36), [(1, 2, 44, 34)])])
   builder = data.prepare("ilsvrc2012_loc/wsol", str(tmp_path / "data"), manual_dir=manual)
   assert set(builder.info.splits) == {"train_fullsup", "test"}
   recs = _all(builder, "train_fullsup")
@@ -243,7 +246,8 @@ def test_cub_wsol_metadata_split(tmp_path):
   manual = str(tmp_path / "manual")
   expect = fake.make_cub(manual, segmentations=False)
   meta = os.path.join(manual, "metadata", "CUB")
-  test_items = [(k, v["label"], v["size"], [(v["box"][0], v["box"][1], v["box"][0] + v["box"][2], v["box"][1] + v["box"][3])])
+  test_items = [(k, v["label"], v["size"],
+                 [(v["box"][0], v["box"][1], v["box"][0] + v["box"][2], v["box"][1] + v["box"][3])])
                 for k, v in expect["test"].items()]
   fake.write_wsol_metadata(os.path.join(meta, "test"), test_items)
   v2 = [(f"{fake.CUB_CLASSES[1]}/v2_0001.jpg", 1, (40, 30), [(4.0, 5.0, 20.0, 25.0)])]
@@ -261,7 +265,8 @@ def test_cub_wsol_metadata_split(tmp_path):
 
 BAD_CASES = {
     # (writer, bad kind, split, id of the bad example, builder name)
-    "ilsvrc_corrupt": ("ilsvrc", "corrupt", "train", f"train/{fake.WNIDS[1]}/{fake.WNIDS[1]}_100.JPEG", "corrupt_image"),
+    "ilsvrc_corrupt": ("ilsvrc", "corrupt", "train", f"train/{fake.WNIDS[1]}/{fake.WNIDS[1]}_100.JPEG",
+                       "corrupt_image"),
     "ilsvrc_bad_box": ("ilsvrc", "bad_box", "validation", "val/ILSVRC2012_val_00000002.JPEG", "bad_box"),
     "ilsvrc_missing": ("ilsvrc", "missing", "validation", "val/ILSVRC2012_val_00000003.JPEG", "missing_file"),
     "cub_corrupt": ("cub", "corrupt", "train", f"{fake.CUB_CLASSES[2]}/Sooty_Albatross_0001_8.jpg", "corrupt_image"),

@@ -71,8 +71,9 @@ def test_crop_region_maps_eval_frame_back_to_original(mode):
   full = T.crop_resize(ex, (left, top, right, bottom), (size, size))
   np.testing.assert_array_equal(full.image, reference.image)  # the eval frame is what the pipeline shows
   box = (4, 2, 11, 9)  # inclusive, eval frame
-  src = finegrained.CroppedSource([{"image": image, "label": 3}], {0: ("eval", (box[0] / size, box[1] / size,
-                                                                              (box[2] + 1) / size, (box[3] + 1) / size))},
+  src = finegrained.CroppedSource([{"image": image, "label": 3}],
+                                  {0: ("eval", (box[0] / size, box[1] / size,
+                                                (box[2] + 1) / size, (box[3] + 1) / size))},
                                   size=size, eval_mode=mode)
   sx, sy = (right - left) / size, (bottom - top) / size
   want = T.crop_resize(ex, (left + box[0] * sx, top + box[1] * sy, left + (box[2] + 1) * sx, top + (box[3] + 1) * sy),

@@ -66,8 +66,8 @@ def test_tpu_pod_dry_run_all_steps_in_order():
   assert "--accelerator-type=v4-32" in lines[0] and "--spot" in lines[0] and "--zone=us-central2-b" in lines[0]
   assert lines[1][:2] == ["git", "-C"] and "archive" in lines[1]
   assert lines[2][4] == "scp" and "--worker=all" in lines[2]
-  ssh = [l for l in lines if l[4] == "ssh"]
-  assert len(ssh) == 3 and all("--worker=all" in l for l in ssh)
+  ssh = [line for line in lines if line[4] == "ssh"]
+  assert len(ssh) == 3 and all("--worker=all" in line for line in ssh)
   assert "pip install" in ssh[1][-1] and ".camjax-req" in ssh[1][-1]  # setup skips unchanged workers
   run = ssh[2][-1]
   assert run.startswith("--command=cd ~/camjax && CAMJAX_DISTRIBUTED=1 ~/camjax-venv/bin/python -m camjax.main ")

@@ -15,8 +15,8 @@ from camjax.errors import UserError
 from camjax.localization import sweep
 import cv2
 from camjax.localization.boxes import cam_levels, quantize, wsol_boxes_at_level
-from camjax.localization.sweep import (_component_areas, _proven_levels, component_count, euler_numbers, regional_maxima,
-                                     wsol_level_best_iou)
+from camjax.localization.sweep import (_component_areas, _proven_levels, component_count, euler_numbers,
+                                     regional_maxima, wsol_level_best_iou)
 
 
 def wsol(m, tau, multi=False):
@@ -269,7 +269,8 @@ def test_level_sweep_on_cam_like_maps_settles_holes_exactly(multi):
     for j, lv in enumerate(work):  # foreground boxes, as the sweep computes them
       ys, xs = np.nonzero(q > lv)
       tight[j] = (xs.min(), ys.min(), xs.max(), ys.max())
-    find = lambda j: cv2.findContours((q[tight[j, 1]:tight[j, 3] + 1, tight[j, 0]:tight[j, 2] + 1] > work[j]).view(np.uint8),
+    find = lambda j: cv2.findContours((q[tight[j, 1]:tight[j, 3] + 1, tight[j, 0]:tight[j, 2] + 1]
+                                       > work[j]).view(np.uint8),
                                       cv2.RETR_TREE, cv2.CHAIN_APPROX_NONE, offset=(int(tight[j, 0]), int(tight[j, 1])))
     holey += _proven_levels(q, work, tight, find, single=not multi)[3].sum()
   assert holey > 0  # levels with holes were proven (multi-contour mode boxes them without a contour call)

@@ -43,7 +43,8 @@ def test_a_model_axis_across_processes_is_refused():
 
 def test_valid_config_passes_and_missing_manual_data_fails(tmp_path):
   main.validate_config(_tiny(), num_devices=8)
-  c = _tiny(**{"data.name": "ilsvrc2012_loc", "data.data_dir": str(tmp_path), "data.manual_dir": str(tmp_path / "nope")})
+  c = _tiny(**{"data.name": "ilsvrc2012_loc", "data.data_dir": str(tmp_path),
+               "data.manual_dir": str(tmp_path / "nope")})
   with pytest.raises(main.ConfigError, match="--config.data.manual_dir"):
     main.validate_config(c, num_devices=1)
   # A manual dir that exists but lacks the download: the line names the missing files.

@@ -47,7 +47,8 @@ def test_the_report_opens_in_a_browser_with_every_image_and_chart(report, tmp_pa
       pytest.fail("chromium is not installed; .ci/run installs it (apt-get install chromium)")
     pytest.skip("chromium is not installed (apt-get install chromium)")
   page = tmp_path / "check.html"
-  page.write_text(open(os.path.join(report, "report.html"), encoding="utf-8").read().replace("</body>", CHECK + "</body>"))
+  page.write_text(open(os.path.join(report, "report.html"), encoding="utf-8").read()
+                  .replace("</body>", CHECK + "</body>"))
   out = subprocess.run(
       [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
        "--disable-background-networking", "--disable-component-update", "--disable-sync",

@@ -101,9 +101,11 @@ def test_vgg16_full_size_backbone(tmp_path, fmt):
   sd = _fake(_vgg16_shapes())
   model = _abstract("vgg16_gap")
   load_pretrained(model, _write(sd, tmp_path / "vgg16.pth", fmt))
-  np.testing.assert_array_equal(_value(model.features.conv1_1.kernel), sd["features.0.weight"].numpy().transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(_value(model.features.conv1_1.kernel),
+                                sd["features.0.weight"].numpy().transpose(2, 3, 1, 0))
   np.testing.assert_array_equal(_value(model.features.conv5_3.bias), sd["features.28.bias"].numpy())
-  np.testing.assert_array_equal(_value(model.features.conv3_2.kernel), sd["features.12.weight"].numpy().transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(_value(model.features.conv3_2.kernel),
+                                sd["features.12.weight"].numpy().transpose(2, 3, 1, 0))
   assert isinstance(model.cam_conv.kernel.get_value(), jax.ShapeDtypeStruct)  # the added conv is not loaded
 
 
@@ -112,7 +114,8 @@ def test_alexnet_full_size_backbone(tmp_path, fmt):
   sd = _fake(_alexnet_shapes(), seed=1)
   model = _abstract("alexnet_gap")
   load_pretrained(model, _write(sd, tmp_path / "alexnet.pth", fmt), format="torchvision_alexnet")
-  np.testing.assert_array_equal(_value(model.features.conv2.kernel), sd["features.3.weight"].numpy().transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(_value(model.features.conv2.kernel),
+                                sd["features.3.weight"].numpy().transpose(2, 3, 1, 0))
   np.testing.assert_array_equal(_value(model.features.conv5.bias), sd["features.10.bias"].numpy())
 
 
@@ -123,7 +126,8 @@ def test_googlenet_full_size_backbone(tmp_path, fmt):
   load_pretrained(model, _write(sd, tmp_path / "googlenet.pth", fmt))
   np.testing.assert_array_equal(_value(model.conv1.conv.kernel), sd["conv1.conv.weight"].numpy().transpose(2, 3, 1, 0))
   np.testing.assert_array_equal(_value(model.conv1.bn.mean), sd["conv1.bn.running_mean"].numpy())
-  np.testing.assert_array_equal(_value(model.inception4e.branch4[1].bn.var), sd["inception4e.branch4.1.bn.running_var"].numpy())
+  np.testing.assert_array_equal(_value(model.inception4e.branch4[1].bn.var),
+                                sd["inception4e.branch4.1.bn.running_var"].numpy())
   np.testing.assert_array_equal(_value(model.inception3a.branch2[1].conv.kernel),
                                 sd["inception3a.branch2.1.conv.weight"].numpy().transpose(2, 3, 1, 0))
   # The full GoogLeNet takes inception5a/5b and, at 1000 classes, the classifier too.
@@ -138,7 +142,8 @@ def test_small_vgg16_gap_loads_and_runs(tmp_path):
   model = nnx.eval_shape(lambda: models.create("vgg16_gap", num_classes=3, width_mult=1 / 16))
   sd = _fake(_vgg16_shapes(scale=16), seed=3)
   load_pretrained(model, _write(sd, tmp_path / "small.pth", "zip"), format="torchvision_vgg16")
-  np.testing.assert_array_equal(_value(model.features.conv4_1.kernel), sd["features.17.weight"].numpy().transpose(2, 3, 1, 0))
+  np.testing.assert_array_equal(_value(model.features.conv4_1.kernel),
+                                sd["features.17.weight"].numpy().transpose(2, 3, 1, 0))
   # Only the backbone came from the file; give the added layers values and run the network.
   assert sorted(assign.abstract_paths(model)) == ["cam_conv.bias", "cam_conv.kernel", "head.classifier.kernel"]
   rng = np.random.default_rng(0)

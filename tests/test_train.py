@@ -13,7 +13,6 @@ import signal
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import _train_helpers as h
@@ -150,7 +149,8 @@ def test_pretrained_load_and_freeze(source, tmp_path):
               "pretrained.skip": ("head/.*",), "pretrained.freeze": ("blocks/0/.*",)})
   result = train.train(c, str(tmp_path / "target"), devices=jax.devices()[:1])
   before = h.read_state(source)
-  after = {sharding.path_str(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(result.state["params"])[0]}
+  after = {sharding.path_str(p): np.asarray(v)
+           for p, v in jax.tree_util.tree_flatten_with_path(result.state["params"])[0]}
   np.testing.assert_array_equal(after["blocks/0/conv/kernel"], before["params/blocks/0/conv/kernel"])  # loaded, frozen
   assert not np.array_equal(after["blocks/1/conv/kernel"], before["params/blocks/1/conv/kernel"])  # loaded, trained
 

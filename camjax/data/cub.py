@@ -116,7 +116,8 @@ class Cub2002011(records.BuilderMixin, tfds.core.GeneratorBasedBuilder):
       wsol = self.builder_config.layout == "wsol"
       needed = FOLDER_FILES[:1] if wsol else FOLDER_FILES
       missing += [f"CUB_200_2011/{name}" for name in needed if not os.path.exists(os.path.join(source.path, name))]
-    if self.builder_config.masks and Source.find(manual, "segmentations", SEGMENTATIONS, prefix="segmentations") is None:
+    if self.builder_config.masks and Source.find(manual, "segmentations", SEGMENTATIONS,
+                                                 prefix="segmentations") is None:
       missing.append(f"{SEGMENTATIONS} or segmentations/ (or use config boxes)")
     if self.builder_config.layout == "wsol" and self._metadata_dir(manual) is None:
       missing.append("metadata/CUB/{train,val,test}/image_ids.txt")

@@ -117,7 +117,8 @@ class Ilsvrc2012Loc(records.BuilderMixin, tfds.core.GeneratorBasedBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = _INSTRUCTIONS
   BUILDER_CONFIGS = [
       IlsvrcConfig(name="official", layout="official", description="official train (boxes where given) and validation"),
-      IlsvrcConfig(name="wsol", layout="wsol", description="WSOL evaluation splits: train, train_fullsup (ImageNetV2), test"),
+      IlsvrcConfig(name="wsol", layout="wsol",
+                   description="WSOL evaluation splits: train, train_fullsup (ImageNetV2), test"),
   ]
   DEFAULT_BUILDER_CONFIG_NAME = "official"
 
@@ -171,7 +172,8 @@ class Ilsvrc2012Loc(records.BuilderMixin, tfds.core.GeneratorBasedBuilder):
     index = {w: i for i, w in enumerate(wnids)}
     if self.builder_config.layout == "wsol":
       meta = self._metadata_dir(manual)
-      return {split: self._generate_wsol(split, os.path.join(meta, wsol_metadata.SPLIT_FOLDERS[split]), manual, len(wnids))
+      return {split: self._generate_wsol(split, os.path.join(meta, wsol_metadata.SPLIT_FOLDERS[split]), manual,
+                                         len(wnids))
               for split in wsol_metadata.available_splits(meta)}
     return {
         "train": self._generate_train(manual, index),
@@ -235,7 +237,8 @@ class Ilsvrc2012Loc(records.BuilderMixin, tfds.core.GeneratorBasedBuilder):
       if rec is not None:
         yield example_id, rec
     for rel in sorted(set(wanted) - seen):
-      self._report_bad("validation", f"val/{rel}", BadExample("missing_file", f"annotated but not found in {source.path}"))
+      self._report_bad("validation", f"val/{rel}",
+                       BadExample("missing_file", f"annotated but not found in {source.path}"))
 
   def _generate_wsol(self, split: str, split_dir: str, manual: str, num_classes: int):
     roots = self._image_roots(manual)

@@ -120,7 +120,8 @@ def discover(
 
   pos_x, pos_paths = features(list_images(positives))
   neg_x, neg_paths = features(list_images(negatives))
-  unreadable = sorted(set(list_images(positives)) - set(pos_paths)) + sorted(set(list_images(negatives)) - set(neg_paths))
+  unreadable = (sorted(set(list_images(positives)) - set(pos_paths))
+                + sorted(set(list_images(negatives)) - set(neg_paths)))
   if len(pos_paths) < 1 or len(neg_paths) < 1:
     raise UserError(f"need at least one readable positive and one negative image, got {len(pos_paths)} in "
                      f"{positives} and {len(neg_paths)} in {negatives}")

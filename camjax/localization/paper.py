@@ -31,7 +31,8 @@ def _labels_per_box(label: Any, num_boxes: int, index: int) -> np.ndarray:
   return arr.astype(np.int64)
 
 
-def _correct(box: np.ndarray | None, cls: int, gt_boxes: np.ndarray, gt_labels: np.ndarray, iou_threshold: float) -> bool:
+def _correct(box: np.ndarray | None, cls: int, gt_boxes: np.ndarray, gt_labels: np.ndarray,
+             iou_threshold: float) -> bool:
   """Class is a ground-truth class and the box has IoU >= threshold with a box of that class."""
   if box is None or len(box) == 0:
     return False
@@ -204,8 +205,8 @@ def paper_localization(cams_topk: Any, topk_classes: Any, gt_labels: Sequence[An
   return acc.result()
 
 
-def paper_heuristic_localization(cams_top3: Any, top3_classes: Any, gt_labels: Sequence[Any], gt_boxes: Sequence[Any], *,
-                                 thresholds: Sequence[float] = DEFAULT_HEURISTIC_THRESHOLDS,
+def paper_heuristic_localization(cams_top3: Any, top3_classes: Any, gt_labels: Sequence[Any], gt_boxes: Sequence[Any],
+                                 *, thresholds: Sequence[float] = DEFAULT_HEURISTIC_THRESHOLDS,
                                  iou_threshold: float = 0.5) -> dict[str, Any]:
   """The test-set heuristic of paper Tbl. 3: five guesses from the top-3 maps, scored as top-5."""
   acc = PaperAccumulator(iou_threshold=iou_threshold, heuristic=True, heuristic_thresholds=thresholds)

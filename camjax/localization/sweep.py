@@ -64,13 +64,15 @@ def euler_numbers(q: np.ndarray) -> np.ndarray:
   height, width = q.shape
   p = cv2.copyMakeBorder(q, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
   lo, hi, cmp = cv2.min, cv2.max, cv2.compare  # far faster than NumPy on strided uint8 views
-  pair_lo, pair_hi = lo(p[:, :-1], p[:, 1:]), hi(p[:, :-1], p[:, 1:])  # each row's horizontal pairs, shared by two cells
+  # each row's horizontal pairs, shared by two cells
+  pair_lo, pair_hi = lo(p[:, :-1], p[:, 1:]), hi(p[:, :-1], p[:, 1:])
   low_mid, high_mid = hi(pair_lo[:-1], pair_lo[1:]), lo(pair_hi[:-1], pair_hi[1:])
   delta = 2 * (_histogram(low_mid) + _histogram(high_mid)) - 4 * _histogram(q)
   delta[0] -= 4 * (height + width + 1)  # padding pixels' cell memberships, all at value 0
   # Diagonal: high_mid > low_mid (the row maxima are the top two) and a > b exactly when d > c.
   diagonal = cv2.bitwise_and(cmp(high_mid, low_mid, cv2.CMP_GT),
-                             cmp(cmp(p[:-1, :-1], p[:-1, 1:], cv2.CMP_GT), cmp(p[1:, 1:], p[1:, :-1], cv2.CMP_GT), cv2.CMP_EQ))
+                             cmp(cmp(p[:-1, :-1], p[:-1, 1:], cv2.CMP_GT), cmp(p[1:, 1:], p[1:, :-1], cv2.CMP_GT),
+                                 cv2.CMP_EQ))
   if cv2.countNonZero(diagonal):  # rare in smooth maps
     delta -= 2 * (_histogram(low_mid, diagonal) - _histogram(high_mid, diagonal))
   return np.rint(np.cumsum(delta) / 4).astype(np.int64)
@@ -153,7 +155,8 @@ def _fill_parts(values: np.ndarray, inside: np.ndarray, seeds: list[tuple[int, i
       region = rest[ry:ry + rh, rx:rx + rw]
     else:
       label = len(parts) + 1
-      rx, ry, rw, rh = cv2.floodFill(inside, filled, (x, y), 0, flags=connectivity | cv2.FLOODFILL_MASK_ONLY | label << 8)[3]
+      rx, ry, rw, rh = cv2.floodFill(inside, filled, (x, y), 0,
+                                     flags=connectivity | cv2.FLOODFILL_MASK_ONLY | label << 8)[3]
       if connectivity == 4 and (rx == 0 or ry == 0 or rx + rw == width or ry + rh == height):
         return None
       region = (filled[ry + 1:ry + rh + 1, rx + 1:rx + rw + 1] == label).view(np.uint8)
@@ -222,7 +225,8 @@ def _profiles(parts: list[tuple[np.ndarray, int, int]]) -> _Profiles:
     rows = cv2.reduce(image, 1, cv2.REDUCE_MAX).ravel()  # (NumPy across rows, OpenCV across columns: the fast ones)
     profiles += [cols, rows, cols[::-1], rows[::-1]]
   sizes = np.fromiter(map(len, profiles), np.intp, len(profiles))
-  keys = np.maximum.accumulate(np.concatenate(profiles).astype(np.intp) + np.repeat(np.arange(len(profiles)) * 256, sizes))
+  keys = np.maximum.accumulate(np.concatenate(profiles).astype(np.intp)
+                               + np.repeat(np.arange(len(profiles)) * 256, sizes))
   return _Profiles(keys, sizes, np.array([(ox, oy) for _, oy, ox in parts], np.intp).reshape(-1, 2))
 
 
@@ -236,7 +240,8 @@ def _extents(p: _Profiles, ids: np.ndarray | None = None, levels: np.ndarray | N
   """
   if ids is None:
     running = np.cumsum(np.bincount(p.keys, minlength=256 * len(p.sizes)))  # (one flat cumsum is the fast one)
-    below = (running.reshape(-1, 256) - np.append(0, running[255:-1:256])[:, None]).reshape(-1, 4, 256).transpose(0, 2, 1)
+    below = (running.reshape(-1, 256) - np.append(0, running[255:-1:256])[:, None]).reshape(-1, 4, 256).transpose(
+        0, 2, 1)
     sizes, offsets = p.sizes.reshape(-1, 1, 4), p.offsets[:, None, :]
   else:
     side = ids[:, None] * 4 + np.arange(4)
@@ -335,7 +340,8 @@ def best_iou_batch(q: np.ndarray, gt_boxes: list[np.ndarray], table: LevelTable,
     base += lv.count
   slot_map = np.repeat(np.arange(n), [lv.count for lv in levels])
   mmax = max(len(g) for g in gt_boxes)
-  gt = np.stack([np.concatenate([g, np.repeat(g[:1], mmax - len(g), axis=0)]) for g in gt_boxes])  # padded with a repeat
+  # padded with a repeat
+  gt = np.stack([np.concatenate([g, np.repeat(g[:1], mmax - len(g), axis=0)]) for g in gt_boxes])
   best = collected.best(base, slot_map, gt, height, width)
   empty = _best_iou(np.zeros((n, 4), np.int64), gt)  # each map's (0, 0, 0, 0) box
   best = np.where(best < 0, empty[slot_map], best)  # slots of empty levels: the (0, 0, 0, 0) box
@@ -457,8 +463,8 @@ def _proven_levels(q: np.ndarray, work: np.ndarray, tight: np.ndarray, contours_
       break
     contours, hierarchy = contours_at(stop + skip)  # exact count here; its boxes come from these contours
     top, top_count, top_above = stop, component_count(hierarchy, len(contours)), int(above[stop])
-    holes, lowest = (_holes_at(q, int(levels[stop]), tight[stop + skip], contours, hierarchy) if len(contours) > top_count
-                     else ([], lowest[:0]))
+    holes, lowest = (_holes_at(q, int(levels[stop]), tight[stop + skip], contours, hierarchy)
+                     if len(contours) > top_count else ([], lowest[:0]))
   one = np.flatnonzero(free & (count == 1)) + skip
   several = np.flatnonzero(free & (count >= 2))
   groups, pos = [], 0
@@ -472,7 +478,8 @@ def _proven_levels(q: np.ndarray, work: np.ndarray, tight: np.ndarray, contours_
   return one, groups, hole_groups, holey
 
 
-def _holes_at(q: np.ndarray, level: int, box: np.ndarray, contours: tuple, hierarchy: np.ndarray) -> tuple[list, np.ndarray]:
+def _holes_at(q: np.ndarray, level: int, box: np.ndarray, contours: tuple,
+              hierarchy: np.ndarray) -> tuple[list, np.ndarray]:
   """Holes of ``q > level`` as inverted parts (255 - q on the hole, 0 elsewhere: "q <= L" is
   "part > 254 - L") and their lowest values. An unapproximated hole border starts on the
   foreground pixel just left of its hole, so each hole is filled from there; labelling the
@@ -481,8 +488,8 @@ def _holes_at(q: np.ndarray, level: int, box: np.ndarray, contours: tuple, hiera
   crop = q[y0:y1 + 1, x0:x1 + 1]
   background = cv2.threshold(crop, level, 255, cv2.THRESH_BINARY_INV)[1]
   inverted = cv2.bitwise_not(crop)
-  seeds = [(int(c[0, 0, 0]) - x0 + 1, int(c[0, 0, 1]) - y0) for c, d in zip(contours, contour_depths(hierarchy, len(contours)))
-           if d % 2]
+  seeds = [(int(c[0, 0, 0]) - x0 + 1, int(c[0, 0, 1]) - y0)
+           for c, d in zip(contours, contour_depths(hierarchy, len(contours))) if d % 2]
   parts = _fill_parts(inverted, background, seeds, 4, y0, x0)
   if parts is None:
     num, labels = cv2.connectedComponents(background, connectivity=4, ltype=cv2.CV_32S)

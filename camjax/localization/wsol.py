@@ -33,7 +33,8 @@ def _modes(multi_contour: bool | str) -> tuple[bool, ...]:
 
 
 def _count_chunk(maps: np.ndarray, boxes: Sequence[np.ndarray], table: LevelTable,
-                 iou_fractions: np.ndarray, modes: tuple[bool, ...], top1: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+                 iou_fractions: np.ndarray, modes: tuple[bool, ...],
+                 top1: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
   """Correct counts (modes, IoU thresholds, CAM thresholds), and the same for top-1-correct images."""
   q = maps if maps.dtype == np.uint8 else quantize(maps)
   best = best_iou_batch(q, list(boxes), table, modes)  # (N, modes, T)
@@ -76,7 +77,8 @@ class WsolAccumulator:
   then ``load_state``; or ``merge`` accumulators. ``close()`` stops the worker processes.
   """
 
-  def __init__(self, cam_thresholds: Any = DEFAULT_CAM_THRESHOLDS, iou_thresholds: Sequence[int] = DEFAULT_IOU_THRESHOLDS,
+  def __init__(self, cam_thresholds: Any = DEFAULT_CAM_THRESHOLDS,
+               iou_thresholds: Sequence[int] = DEFAULT_IOU_THRESHOLDS,
                multi_contour: bool | str = True, *, num_workers: int | None = 1, chunk_size: int = 32):
     self.cam_thresholds = _checks.as_thresholds(cam_thresholds, name="cam_thresholds")
     self._levels = LevelTable(self.cam_thresholds)  # levels per map maximum, kept across batches
@@ -324,7 +326,8 @@ def pxap_from_histograms(fg_hist: np.ndarray, bg_hist: np.ndarray) -> float:
   return float(100.0 * (precision[1:] * np.diff(recall))[keep[1:]].sum())
 
 
-def pxap(scoremaps: Any, gt_masks: Any, ignore_masks: Any = None, cam_thresholds: Any = DEFAULT_CAM_THRESHOLDS) -> float:
+def pxap(scoremaps: Any, gt_masks: Any, ignore_masks: Any = None,
+         cam_thresholds: Any = DEFAULT_CAM_THRESHOLDS) -> float:
   """PxAP in percent over the whole set (histograms pooled, not averaged per image)."""
   acc = PxapAccumulator(cam_thresholds)
   acc.add(scoremaps, gt_masks, ignore_masks)

@@ -28,7 +28,8 @@ COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 def build_model(config: Any, seed: int | None = None) -> nnx.Module:
   """The config's model with parameters from ``seed`` (default ``training.seed``)."""
-  overrides = dict(config.model.overrides.to_dict()) if hasattr(config.model.overrides, "to_dict") else dict(config.model.overrides)
+  overrides = (dict(config.model.overrides.to_dict()) if hasattr(config.model.overrides, "to_dict")
+               else dict(config.model.overrides))
   overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
   if config.model.dtype != "float32":
     overrides["dtype"] = COMPUTE_DTYPES[config.model.dtype]

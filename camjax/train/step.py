@@ -75,7 +75,8 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, sched
     images, labels, step = batch["image"], batch["label"], state["step"]
     params = state["params"]
     if accum == 1:
-      (loss, (correct, stats, other)), grads = grad_fn(params, state["batch_stats"], state["other"], images, labels, step)
+      (loss, (correct, stats, other)), grads = grad_fn(params, state["batch_stats"], state["other"], images, labels,
+                                                       step)
     else:
       # Micro-batch i holds rows j * accum + i, so every device keeps its own rows.
       micro = NamedSharding(mesh, P(None, sharding.DATA))
