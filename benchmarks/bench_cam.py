@@ -10,7 +10,6 @@ import functools
 import sys
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from benchmarks.common import median_seconds

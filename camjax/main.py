@@ -24,7 +24,7 @@ from ml_collections import config_flags
 from camjax import app as camjax_app
 from camjax.errors import ConfigError, UserError
 
-MODES = ("train", "eval", "train_and_eval")
+MODES = ("train", "eval", "train_and_eval", "cam")
 DTYPES = ("float32", "bfloat16")
 EVAL_PROTOCOLS = ("paper", "wsol")
 
@@ -35,6 +35,7 @@ flags.DEFINE_enum("mode", None, MODES, "What to do (default: the config's `mode`
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-process runs).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
+flags.DEFINE_multi_string("images", None, "--mode=cam: image files or directories (figures, cams.json in --workdir).")
 flags.DEFINE_bool("verbose_orbax", False, "Show orbax's INFO logs.")
 camjax_app.define_verbose_flag()
 
@@ -267,6 +268,17 @@ def _train_and_eval(config: Any, workdir: str, mode: str) -> dict:
   return results
 
 
+def cam_on_images(config: Any, images: list[str], output: str, *, overrides: Any = None) -> int:
+  """``--mode=cam``: top-k CAMs, boxes, figures and cams.json for the user's images, as camjax.cam_images writes."""
+  from camjax.tools import cam_images
+
+  if not images:
+    raise UserError("--mode=cam needs --images=FILE_OR_DIR (repeat the flag for more)")
+  records = cam_images.run(config, images, output, overrides=overrides)
+  print(cam_images.summary_table(records, output))
+  return 0
+
+
 def main(argv: list[str]) -> int:
   if len(argv) > 1:
     raise UserError(f"unexpected arguments: {' '.join(argv[1:])}; config overrides are --config.FIELD=VALUE")
@@ -285,6 +297,10 @@ def main(argv: list[str]) -> int:
     mode = FLAGS.mode or config.get("mode", "train")
     if mode not in MODES:
       raise ConfigError(f"mode={mode!r}; set --mode or --config.mode to one of {MODES}")
+    if mode == "cam":
+      return cam_on_images(config, FLAGS.images or [], FLAGS.workdir, overrides=FLAGS["config"].override_values)
+    if FLAGS.images:
+      raise UserError(f"--images is for --mode=cam; this run's mode is {mode}")
     results = run(config, FLAGS.workdir, mode)
   except NonFiniteLossError as e:
     print(f"camjax: stopped: {e}", file=sys.stderr)

@@ -11,13 +11,12 @@ The config is locked: a misspelt field name is an error, not a new field.
 
 import ml_collections
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from camjax.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # one definition; configs use these names
 
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.mode = "train"  # train | eval | train_and_eval; --mode on the command line wins
+  c.mode = "train"  # train | eval | train_and_eval | cam; --mode on the command line wins
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "googlenet_gap"

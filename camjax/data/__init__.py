@@ -42,7 +42,6 @@ def builder_names() -> list[str]:
 
 
 def _builder_class(name: str):
-  from camjax.data import cub, ilsvrc, shapes  # noqa: F401  (registers the builders)
 
   classes = {"camjax_shapes": shapes.CamjaxShapes, "ilsvrc2012_loc": ilsvrc.Ilsvrc2012Loc,
              "cub200_2011": cub.Cub2002011}

@@ -576,14 +576,19 @@ def _main(argv: Sequence[str]) -> int:
   config = app.config_value()
   images = list(FLAGS.images or []) + extra
   records = run(config, images, FLAGS.output, workdir=FLAGS.workdir, overrides=FLAGS["config"].override_values)
+  print(summary_table(records, FLAGS.output))
+  return 0
+
+
+def summary_table(records: Sequence[dict], output: str) -> str:
+  """The console summary of a run: each image's top class, probability and box, then the counts."""
   ok = [r for r in records if "predictions" in r]
   rows = [(r["image"], r["predictions"][0]["class_name"].split(",")[0], r["predictions"][0]["prob"],
            str(r["predictions"][0]["box"])) for r in ok]
   bad = [r["image"] for r in records if "error" in r]
   unreadable = f" ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})" if bad else ""
-  summary = f"{len(ok)} images, {len(bad)} unreadable{unreadable}; wrote {os.path.join(FLAGS.output, 'cams.json')}"
-  print(app.format_table(("image", "top class", "prob", "box"), rows, footer=summary) if rows else summary)
-  return 0
+  summary = f"{len(ok)} images, {len(bad)} unreadable{unreadable}; wrote {os.path.join(output, 'cams.json')}"
+  return app.format_table(("image", "top class", "prob", "box"), rows, footer=summary) if rows else summary
 
 
 def main() -> None:
