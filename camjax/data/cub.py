@@ -58,18 +58,14 @@ def _table(data: bytes | None, name: str, ncols: int) -> dict[int, list[str]]:
   return out
 
 
-class CubConfig(tfds.core.BuilderConfig):
+class CubConfig(records.LayoutConfig):
   """``layout``: "official" or "wsol"; ``masks``: add the segmentation masks (official layout only)."""
 
-  def __init__(self, *, layout: str = "official", masks: bool = False, metadata_dir: str | None = None,
-               image_root: str | None = None, **kwargs):
+  dataset = "cub200_2011"
+
+  def __init__(self, *, masks: bool = False, **kwargs):
     super().__init__(**kwargs)
-    if layout not in ("official", "wsol"):
-      raise ValueError(f"cub200_2011 layout must be 'official' or 'wsol', got {layout!r}")
-    self.layout = layout
     self.masks = masks
-    self.metadata_dir = metadata_dir
-    self.image_root = image_root
 
 
 class Cub2002011(records.BuilderMixin, tfds.core.GeneratorBasedBuilder):
@@ -104,10 +100,9 @@ class Cub2002011(records.BuilderMixin, tfds.core.GeneratorBasedBuilder):
     An extracted ``CUB_200_2011/`` folder is checked for the files the build
     reads; an archive is only checked to exist (listing it means reading it).
     """
-    manual = os.fspath(manual)
-    if not os.path.isdir(manual):
-      raise MissingFileError(f"cub200_2011: manual folder {manual} does not exist; set manual_dir to the folder "
-                             "holding the downloads (see the README: CUB layout)")
+    self.require_manual_files(os.fspath(manual), self._missing_files, layout="CUB")
+
+  def _missing_files(self, manual: str) -> list[str]:
     missing = []
     source = self._source(manual)
     if source is None:
@@ -121,9 +116,7 @@ class Cub2002011(records.BuilderMixin, tfds.core.GeneratorBasedBuilder):
       missing.append(f"{SEGMENTATIONS} or segmentations/ (or use config boxes)")
     if self.builder_config.layout == "wsol" and self._metadata_dir(manual) is None:
       missing.append("metadata/CUB/{train,val,test}/image_ids.txt")
-    if missing:
-      raise MissingFileError(f"cub200_2011/{self.builder_config.name}: missing in {manual}: {', '.join(missing)} "
-                             "(see the README: CUB layout)")
+    return missing
 
   def _split_generators(self, dl_manager):
     manual = os.fspath(dl_manager.manual_dir)

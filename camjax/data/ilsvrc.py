@@ -23,7 +23,6 @@ import tensorflow_datasets as tfds
 from camjax.data import examples, records, wsol_metadata
 from camjax.data.archives import Source
 from camjax.data.bad_data import BadExample
-from camjax.errors import MissingFileError
 
 SYNSET_FILES = ("LOC_synset_mapping.txt", "synsets.txt")
 IMAGE_SUFFIXES = (".JPEG", ".jpeg", ".jpg", ".JPG")
@@ -92,21 +91,14 @@ def _read_annotations(source: Source | None) -> dict[str, Any]:
   return out
 
 
-class IlsvrcConfig(tfds.core.BuilderConfig):
+class IlsvrcConfig(records.LayoutConfig):
   """``layout``: "official" (train, validation) or "wsol" (train, train_fullsup, test from WSOL metadata).
 
   For "wsol", ``metadata_dir`` and ``image_root`` default to ``<manual>/metadata``
   and ``<manual>/ILSVRC`` then ``<manual>``; a config with other paths needs its own name.
   """
 
-  def __init__(self, *, layout: str = "official", metadata_dir: str | None = None,
-               image_root: str | None = None, **kwargs):
-    super().__init__(**kwargs)
-    if layout not in ("official", "wsol"):
-      raise ValueError(f"ilsvrc2012_loc layout must be 'official' or 'wsol', got {layout!r}")
-    self.layout = layout
-    self.metadata_dir = metadata_dir
-    self.image_root = image_root
+  dataset = "ilsvrc2012_loc"
 
 
 class Ilsvrc2012Loc(records.BuilderMixin, tfds.core.GeneratorBasedBuilder):
@@ -144,11 +136,10 @@ class Ilsvrc2012Loc(records.BuilderMixin, tfds.core.GeneratorBasedBuilder):
 
   def check_manual_dir(self, manual: str) -> None:
     """Fail with one line naming what is missing from ``manual``."""
-    manual = os.fspath(manual)
+    self.require_manual_files(os.fspath(manual), self._missing_files, layout="ImageNet")
+
+  def _missing_files(self, manual: str) -> list[str]:
     missing = []
-    if not os.path.isdir(manual):
-      raise MissingFileError(f"ilsvrc2012_loc: manual folder {manual} does not exist; set manual_dir to the folder "
-                             "holding the downloads (see the README: ImageNet layout)")
     if self._synset_file(manual) is None:
       missing.append("LOC_synset_mapping.txt")
     if self.builder_config.layout == "official":
@@ -160,9 +151,7 @@ class Ilsvrc2012Loc(records.BuilderMixin, tfds.core.GeneratorBasedBuilder):
         missing.append("ILSVRC2012_bbox_val_v3.tgz or bbox_val/")
     elif self._metadata_dir(manual) is None:
       missing.append("metadata/ILSVRC/{train,val,test}/image_ids.txt")
-    if missing:
-      raise MissingFileError(f"ilsvrc2012_loc/{self.builder_config.name}: missing in {manual}: {', '.join(missing)} "
-                             "(see the README: ImageNet layout)")
+    return missing
 
   def _split_generators(self, dl_manager):
     manual = os.fspath(dl_manager.manual_dir)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import io
 import os
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -20,6 +20,22 @@ from PIL import Image
 
 from camjax.data import bad_data, examples
 from camjax.data.bad_data import BadDataLog, BadExample
+from camjax.errors import MissingFileError
+
+
+class LayoutConfig(tfds.core.BuilderConfig):
+  """A builder config of a manual download: its ``layout`` ("official" or "wsol") and where WSOL metadata is."""
+
+  dataset = ""  # the data set's name, for the error message
+
+  def __init__(self, *, layout: str = "official", metadata_dir: str | None = None, image_root: str | None = None,
+               **kwargs):
+    super().__init__(**kwargs)
+    if layout not in ("official", "wsol"):
+      raise ValueError(f"{self.dataset} layout must be 'official' or 'wsol', got {layout!r}")
+    self.layout = layout
+    self.metadata_dir = metadata_dir
+    self.image_root = image_root
 
 
 class BuilderMixin:
@@ -34,6 +50,19 @@ class BuilderMixin:
   - ``code_path`` from the class's file: TFDS's own lookup needs the
     ``importlib_resources`` backport, which Python >= 3.9 installs do not have.
   """
+
+  def require_manual_files(self, manual: str, find_missing: Callable[[str], list[str]], *, layout: str) -> None:
+    """One line naming what the user's download folder lacks (``find_missing``), or that it does not exist.
+
+    ``layout`` names the README section that shows the expected files.
+    """
+    if not os.path.isdir(manual):
+      raise MissingFileError(f"{self.name}: manual folder {manual} does not exist; set manual_dir to the folder "
+                             f"holding the downloads (see the README: {layout} layout)")
+    missing = find_missing(manual)
+    if missing:
+      raise MissingFileError(f"{self.name}/{self.builder_config.name}: missing in {manual}: {', '.join(missing)} "
+                             f"(see the README: {layout} layout)")
 
   @tfds.core.utils.classproperty
   @classmethod

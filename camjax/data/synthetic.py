@@ -109,8 +109,8 @@ def _local_batch_size(global_batch_size: int, process_count: int) -> int:
   return global_batch_size // process_count
 
 
-class SyntheticTrainIterator:
-  """Endless batches in record order (wrapping around a finite source); the state is the global batches read."""
+class _Batches:
+  """This process's rows of global batches: ``_local`` rows starting ``_offset`` into each batch."""
 
   def __init__(self, source: SyntheticSource, *, global_batch_size: int, process_index: int, process_count: int,
                max_boxes: int = 4):
@@ -119,6 +119,13 @@ class SyntheticTrainIterator:
     self._local = _local_batch_size(global_batch_size, process_count)
     self._offset = process_index * self._local
     self._max_boxes = max_boxes
+
+
+class SyntheticTrainIterator(_Batches):
+  """Endless batches in record order (wrapping around a finite source); the state is the global batches read."""
+
+  def __init__(self, source: SyntheticSource, **kwargs):
+    super().__init__(source, **kwargs)
     self._next = 0
 
   def __iter__(self) -> "SyntheticTrainIterator":
@@ -138,16 +145,8 @@ class SyntheticTrainIterator:
     self._next = int(state["next_batch"])
 
 
-class SyntheticEvalBatches:
+class SyntheticEvalBatches(_Batches):
   """Every record once across processes, padded to full batches with valid=False; ``len()`` is the same on all."""
-
-  def __init__(self, source: SyntheticSource, *, global_batch_size: int, process_index: int, process_count: int,
-               max_boxes: int = 4):
-    self._source = source
-    self._global = global_batch_size
-    self._local = _local_batch_size(global_batch_size, process_count)
-    self._process_index = process_index
-    self._max_boxes = max_boxes
 
   def __len__(self) -> int:
     return -(-len(self._source) // self._global)
@@ -155,7 +154,7 @@ class SyntheticEvalBatches:
   def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
     n = len(self._source)
     for start in range(0, n, self._global):
-      first = start + self._process_index * self._local
+      first = start + self._offset
       # Padding repeats the last record, marked invalid.
       yield _stack([_row(self._source, min(i, n - 1), self._max_boxes, valid=i < n)
                     for i in range(first, first + self._local)])

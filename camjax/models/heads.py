@@ -112,6 +112,7 @@ class FcHead(_Backbone):
   feature_layer = ""  # what the features are, for the not-CAM-compatible message
   gap_variants: tuple[str, ...] = ()  # the GAP networks to use instead
 
+  # The zoo's common constructor keywords (as in models.nin.NIN): every model is built by one registry call.
   def __init__(
       self,
       *,

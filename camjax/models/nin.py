@@ -48,6 +48,7 @@ class NIN(nnx.Module):
 
   name = "nin"
 
+  # The zoo's common constructor keywords (as in models.heads.FcHead): every model is built by one registry call.
   def __init__(
       self,
       *,
