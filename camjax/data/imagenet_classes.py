@@ -44,11 +44,3 @@ def class_names(path: str | None = None) -> tuple[str, ...]:
   if names is None:
     return tuple(f"class {i}" for i in range(NUM_CLASSES))
   return tuple(names)
-
-
-def short_name(class_id: int, names: tuple[str, ...] | None = None) -> str:
-  """The first synonym of a class ("tabby, tabby cat" -> "tabby")."""
-  names = class_names() if names is None else names
-  if not 0 <= class_id < len(names):
-    return f"class {class_id}"
-  return names[class_id].split(",")[0].strip()

@@ -151,7 +151,12 @@ def any_process(flag: bool) -> bool:
 
 
 def gather_json(value: Any) -> list[Any]:
-  """Every process's JSON-serialisable value, in process order, on every process."""
+  """Every process's JSON-serialisable value, in process order, on every process.
+
+  Counts go this way rather than through ``process_allgather`` of their arrays: without
+  ``jax_enable_x64`` that would cast int64 / float64 totals (pixel histograms reach 1e9 and
+  more) to 32 bits.
+  """
   if jax.process_count() == 1:
     return [value]
   data = np.frombuffer(json.dumps(value).encode(), dtype=np.uint8)
