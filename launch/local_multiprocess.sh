@@ -25,7 +25,7 @@ Options:
 
 Example:
   launch/local_multiprocess.sh -n 2 -d 2 -- \
-      --config=configs/test_tiny.py --workdir=/tmp/camjax_mp
+      --config=tests/tiny_config.py --workdir=/tmp/camjax_mp
 USAGE
 }
 

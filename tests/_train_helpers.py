@@ -10,14 +10,14 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = os.path.join(ROOT, "configs", "test_tiny.py")
+TINY = os.path.join(ROOT, "tests", "tiny_config.py")
 
 
 def tiny(**changes):
-  """configs/test_tiny.py with dotted-path changes, e.g. ``tiny(**{"training.num_steps": 3})``."""
-  from configs import test_tiny
+  """tests/tiny_config.py with dotted-path changes, e.g. ``tiny(**{"training.num_steps": 3})``."""
+  import tiny_config
 
-  c = test_tiny.get_config()
+  c = tiny_config.get_config()
   for key, value in changes.items():
     node = c
     *parents, leaf = key.split(".")
@@ -30,7 +30,7 @@ def tiny(**changes):
 def env(devices: int = 1, **extra: str) -> dict:
   e = dict(os.environ)
   e["JAX_PLATFORMS"] = "cpu"
-  e["PYTHONPATH"] = ROOT + os.pathsep + e.get("PYTHONPATH", "")
+  e["PYTHONPATH"] = os.pathsep.join([ROOT, os.path.join(ROOT, "tests"), e.get("PYTHONPATH", "")])
   flags = [f for f in e.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
   if devices > 1:
     flags.append(f"--xla_force_host_platform_device_count={devices}")

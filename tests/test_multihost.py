@@ -18,7 +18,7 @@ import portpicker
 
 import _train_helpers as h
 from camjax import train
-from configs import test_tiny
+import tiny_config
 
 STEPS = ["--config.training.num_steps=4", "--config.training.checkpoint_every=4"]
 
@@ -54,7 +54,7 @@ def test_two_processes_match_one_process_and_restore_in_one(tmp_path):
   assert h.checkpoint_steps(multi) == [4]
 
   # The checkpoint the two processes wrote restores in one process with one device.
-  c = test_tiny.get_config()
+  c = tiny_config.get_config()
   c.training.num_steps = 4
   restored = train.restore_for_eval(c, multi)
   assert restored.step == 4 and restored.mesh.devices.size == jax.device_count()

@@ -55,7 +55,7 @@ def _refused_global(tmp_path):
     (_refused_global, "{path}: refusing to load global"),
 ])
 def test_bad_pretrained_file_is_one_line_naming_it(tmp_path, make, needle):
-  # test_tiny's small_gap has no torch key map: the file's problem must still be what is reported.
+  # tiny_config's small_gap has no torch key map: the file's problem must still be what is reported.
   path = make(tmp_path)
   proc = h.run(h.cli(str(tmp_path / "work"), f"--config.pretrained.path={path}",
                      "--config.pretrained.format=torchvision"))

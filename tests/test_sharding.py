@@ -62,12 +62,12 @@ DRIVER = textwrap.dedent("""
   import json, sys, jax, numpy as np
   from camjax import train
   from camjax.train.metrics import read_metrics
-  from configs import test_tiny
+  import tiny_config
   assert jax.device_count() == 8, jax.devices()
   out = {}
   for name, devices, data, model in [("one", jax.devices()[:1], 1, 1), ("data8", None, -1, 1),
                                      ("data4_model2", None, -1, 2)]:
-    c = test_tiny.get_config()
+    c = tiny_config.get_config()
     c.training.num_steps = 5
     c.training.checkpoint_every = 5
     c.mesh.data, c.mesh.model = data, model

@@ -1,6 +1,6 @@
-"""A few seconds of training on synthetic data: used by the tests of the training loop.
+"""A test fixture: a few seconds of training on synthetic data, used by the tests of the training loop.
 
-  python -m camjax.main --config=configs/test_tiny.py --workdir=/tmp/camjax_tiny
+  python -m camjax.main --config=tests/tiny_config.py --workdir=/tmp/camjax_tiny
 """
 
 from configs import default
