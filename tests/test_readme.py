@@ -66,7 +66,7 @@ def test_the_chelsea_caption_states_the_current_class_probability_and_iou():
   caption = re.search(r'top-1 "([^"]+)" \((0\.\d\d)\);.*?\(IoU (0\.\d\d) with a hand-drawn box', README, re.S)
   runner = cam_images.CamRunner(efficientnet_lite.pretrained("efficientnet_lite0"), batch_size=1)
   (result,) = runner.run([skdata.chelsea()], ["chelsea"])
-  cat = np.array([[0, 0, 390, 299]])  # the hand-drawn box of tests/test_cam_images.py
+  cat = np.array([[0, 0, 390, 299]])  # the hand-drawn box of tests/tools/test_cam_images.py
   assert class_names()[int(result.class_ids[0])].split(",")[0] == caption.group(1)
   assert f"{result.probs[0]:.2f}" == caption.group(2)
   assert f"{iou(np.array([result.boxes[0]]), cat)[0, 0]:.2f}" == caption.group(3)

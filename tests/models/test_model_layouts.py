@@ -5,7 +5,7 @@ address variables by path, so a refactor of the zoo must not move or reshape
 any of them. ``fixtures/model_layouts.json`` was written from the models before
 the heads were shared; regenerate it only for a deliberate layout change::
 
-    PYTHONPATH=. python tests/test_model_layouts.py > tests/fixtures/model_layouts.json
+    PYTHONPATH=. python tests/models/test_model_layouts.py > tests/fixtures/model_layouts.json
 """
 
 import json
@@ -20,7 +20,7 @@ from flax import nnx
 from camjax import models
 from camjax.models.layers import count_params
 
-FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "model_layouts.json")
+FIXTURE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "model_layouts.json")
 NUM_CLASSES = 1000
 
 

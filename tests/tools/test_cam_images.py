@@ -15,7 +15,7 @@ from camjax.localization import iou
 
 skdata = pytest.importorskip("skimage.data")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CHELSEA_CAT = [0, 0, 390, 299]  # hand-set: the cat's head and chest fill the left 390 px, full height
 
 

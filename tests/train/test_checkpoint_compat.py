@@ -15,7 +15,7 @@ import _train_helpers as h
 from camjax import train
 from camjax.train import sharding
 
-FIXTURE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "run_before_move")
+FIXTURE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "run_before_move")
 
 
 def test_a_checkpoint_from_before_the_package_move_restores(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 from camjax.tools import evaluate
 from camjax.errors import UserError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 IDS = ["val/n01/a.JPEG", "val/n02/b.JPEG"]
 

@@ -14,7 +14,7 @@ from camjax.features.finegrained import cam_boxes
 from camjax.features import (FeatureSet, LinearHeadModel, array_batches, extract_features, fit_linear,
                              holdout_split, select_and_fit)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _separable(n=240, k=24, classes=4, seed=0, scale=None):

@@ -134,7 +134,7 @@ def test_not_a_checkpoint(tmp_path):
 
 # ----------------------------------------------------------------------------- limits, truncation, error types
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # Loads each file under a 2 GiB address-space limit (a regression then fails with MemoryError instead of
 # taking the machine's memory) and prints, per file, the error and the peak bytes Python and NumPy allocated.

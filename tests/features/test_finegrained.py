@@ -15,7 +15,7 @@ from camjax.data import transforms as T
 from camjax.features import LinearHeadModel, array_batches, finegrained
 from camjax.features.discovery import discover
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, REPO)
 from configs import finegrained_tiny  # noqa: E402
 
