@@ -73,8 +73,6 @@ def get_config() -> ml_collections.ConfigDict:
   c.training.keep_checkpoints = 3
   c.training.progress_bar = True
   c.training.preemption_check_every = 10  # multi-process runs: steps between SIGTERM polls (one collective)
-  c.training.debug_nan_at_step = -1  # tests only: make the loss of this step number (1-based) NaN
-  c.training.debug_step_delay = 0.0  # tests only: seconds to sleep after each step
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # -1 = all devices left after the model axis

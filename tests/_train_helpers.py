@@ -13,6 +13,41 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "tests", "tiny_config.py")
 
 
+def nan_images_at(step: int):
+  """Feed NaN pixels to training step ``step`` (1-based) of runs in this process: a non-finite step, made by data."""
+  from unittest import mock
+
+  import numpy as np
+
+  from camjax.train import data as train_data
+
+  original = train_data.train_iterator
+
+  class NanAt:
+    def __init__(self, iterator):
+      self._iterator, self._count = iterator, 0
+
+    def __iter__(self):
+      return self
+
+    def __next__(self):
+      batch = next(self._iterator)
+      self._count += 1
+      if self._count == step:
+        batch = {**batch, "image": np.full_like(batch["image"], np.nan)}
+      return batch
+
+    def __getattr__(self, name):  # get_state, set_state, close
+      return getattr(self._iterator, name)
+
+  return mock.patch.object(train_data, "train_iterator", lambda *a, **k: NanAt(original(*a, **k)))
+
+
+def slow_steps(delay: float) -> dict[str, str]:
+  """Environment for ``run``/``start`` under which every training step waits ``delay`` s (tests/slow_steps)."""
+  return {"CAMJAX_TEST_STEP_DELAY": str(delay), "PYTHONPATH_PREFIX": os.path.join(ROOT, "tests", "slow_steps")}
+
+
 def tiny(**changes):
   """tests/tiny_config.py with dotted-path changes, e.g. ``tiny(**{"training.num_steps": 3})``."""
   import tiny_config
@@ -30,7 +65,9 @@ def tiny(**changes):
 def env(devices: int = 1, **extra: str) -> dict:
   e = dict(os.environ)
   e["JAX_PLATFORMS"] = "cpu"
-  e["PYTHONPATH"] = os.pathsep.join([ROOT, os.path.join(ROOT, "tests"), e.get("PYTHONPATH", "")])
+  prefix = extra.pop("PYTHONPATH_PREFIX", None)
+  e["PYTHONPATH"] = os.pathsep.join([p for p in (prefix, ROOT, os.path.join(ROOT, "tests")) if p] +
+                                    [e.get("PYTHONPATH", "")])
   flags = [f for f in e.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
   if devices > 1:
     flags.append(f"--xla_force_host_platform_device_count={devices}")

@@ -193,8 +193,6 @@ def train(config: Any, workdir: str, *, devices: list | None = None) -> TrainRes
       check_pending()  # the previous step's metrics: one step stays in flight
       pending.append((step + 1, metrics))
       done = step + 1
-      if config.training.debug_step_delay > 0:
-        time.sleep(config.training.debug_step_delay)
       progress.update(1)
       if done % config.training.log_every == 0 or done == num_steps:
         check_pending()

@@ -56,15 +56,12 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, sched
   """The pure step ``(state, batch) -> (state, metrics)``; gradient accumulation over micro-batches."""
   accum = int(config.training.grad_accum_steps)
   dtype = COMPUTE_DTYPES[config.model.dtype]
-  nan_step = int(config.training.debug_nan_at_step)
 
   def loss_fn(params, batch_stats, other, images, labels, step):
     model = model_def.merge(params, batch_stats, other, train=True)
     logits, _ = model(images.astype(dtype))
     logits = logits.astype(jnp.float32)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    if nan_step >= 0:  # tests only: the loss of step number nan_step (1-based) becomes NaN
-      loss = loss * jnp.where(step + 1 == nan_step, jnp.nan, 1.0)
     _, new_stats, new_other = model_def.split(model)
     correct = jnp.sum(jnp.argmax(logits, -1) == labels)
     return loss, (correct, new_stats, new_other)

@@ -124,8 +124,8 @@ def test_bfloat16_compute_keeps_float32_parameters():
 
 def test_metrics_files_and_nan_guard(tmp_path):
   workdir = str(tmp_path / "nan")
-  c = tiny(**{"training.debug_nan_at_step": 3, "training.num_steps": 6})
-  with pytest.raises(train.NonFiniteLossError, match="at step 3"):
+  c = tiny(**{"training.num_steps": 6})
+  with h.nan_images_at(3), pytest.raises(train.NonFiniteLossError, match="at step 3"):
     train.train(c, workdir, devices=jax.devices()[:1])
   assert h.checkpoint_steps(workdir) == [2]  # nothing saved after the NaN
   saved = h.read_state(workdir, 2)
@@ -188,9 +188,9 @@ def test_grad_accum_that_does_not_divide_the_batch_is_a_user_error(tmp_path):
 
 def test_a_nan_at_the_last_step_is_not_saved_by_the_final_save(tmp_path):
   workdir = str(tmp_path / "last")
-  with pytest.raises(train.NonFiniteLossError, match="at step 4: loss is nan, grad_norm is nan, the updated param"):
-    train.train(tiny(**{"training.debug_nan_at_step": 4, "training.num_steps": 4}), workdir,
-                devices=jax.devices()[:1])
+  with pytest.raises(train.NonFiniteLossError, match="non-finite values at step 4: .*grad_norm is nan, the updated param"):
+    with h.nan_images_at(4):
+      train.train(tiny(**{"training.num_steps": 4}), workdir, devices=jax.devices()[:1])
   assert h.checkpoint_steps(workdir) == [2]
 
 
@@ -237,7 +237,7 @@ def test_restore_for_eval_without_a_checkpoint_is_a_user_error_and_creates_nothi
 # ---------------------------------------------------------------- faults (subprocesses, bitwise on the CPU)
 
 STEPS = ["--config.training.num_steps=8"]
-SLOW = [*STEPS, "--config.training.debug_step_delay=0.4"]
+SLOW = h.slow_steps(0.4)  # environment: every step waits 0.4 s, so signals land between checkpoints
 
 
 @pytest.fixture(scope="module")
@@ -310,7 +310,7 @@ def test_resuming_with_another_config_exits_2_with_one_line(reference, tmp_path)
 def test_sigterm_then_sigkill_then_resume_is_bitwise_identical(reference, tmp_path):
   workdir = str(tmp_path / "run")
   # 1. Preempted: SIGTERM after the first checkpoint -> the step finishes, a checkpoint is saved, exit 0.
-  proc = h.start(h.cli(workdir, *SLOW))
+  proc = h.start(h.cli(workdir, *STEPS), **SLOW)
   h.wait_for(os.path.join(workdir, "checkpoints", "2"), proc)
   proc.send_signal(signal.SIGTERM)
   out, _ = proc.communicate(timeout=120)
@@ -319,7 +319,7 @@ def test_sigterm_then_sigkill_then_resume_is_bitwise_identical(reference, tmp_pa
   stopped = h.checkpoint_steps(workdir)[-1]
   assert 2 <= stopped <= 5
   # 2. Killed: SIGKILL after the next checkpoint appears.
-  proc = h.start(h.cli(workdir, *SLOW))
+  proc = h.start(h.cli(workdir, *STEPS), **SLOW)
   h.wait_for(os.path.join(workdir, "checkpoints", str(stopped + (2 - stopped % 2))), proc)
   proc.send_signal(signal.SIGKILL)
   proc.communicate(timeout=60)
@@ -438,7 +438,8 @@ def test_resume_with_the_grain_pipeline_is_bitwise_identical(tmp_path):
   straight = train.train(config(), str(tmp_path / "straight"), devices=devices)
   stopped = str(tmp_path / "stopped")
   with pytest.raises(train.NonFiniteLossError):
-    train.train(config(**{"training.debug_nan_at_step": 3}), stopped, devices=devices)
+    with h.nan_images_at(3):
+      train.train(config(), stopped, devices=devices)
   assert h.checkpoint_steps(stopped) == [2]
   data_state = json.load(open(os.path.join(stopped, "checkpoints", "2", "data", "metadata")))
   assert data_state["process_count"] == 1 and data_state["states"][0]["next_index"] == 16
