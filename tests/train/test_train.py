@@ -188,7 +188,7 @@ def test_grad_accum_that_does_not_divide_the_batch_is_a_user_error(tmp_path):
 
 def test_a_nan_at_the_last_step_is_not_saved_by_the_final_save(tmp_path):
   workdir = str(tmp_path / "last")
-  with pytest.raises(train.NonFiniteLossError, match="non-finite values at step 4: .*grad_norm is nan, the updated param"):
+  with pytest.raises(train.NonFiniteLossError, match="at step 4: .*grad_norm is nan, the updated param"):
     with h.nan_images_at(4):
       train.train(tiny(**{"training.num_steps": 4}), workdir, devices=jax.devices()[:1])
   assert h.checkpoint_steps(workdir) == [2]
