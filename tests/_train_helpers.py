@@ -53,12 +53,7 @@ def tiny(**changes):
   import tiny_config
 
   c = tiny_config.get_config()
-  for key, value in changes.items():
-    node = c
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = getattr(node, p)
-    setattr(node, leaf, value)
+  c.update_from_flattened_dict(changes)
   return c
 
 
