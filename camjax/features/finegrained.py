@@ -242,6 +242,8 @@ def _say(message: str) -> None:
 
 
 def _deep_update(dst: dict, src: Mapping[str, Any], replace: tuple[str, ...] = ()) -> None:
+  # Not ConfigDict.update: JSON lists must become this config's tuples, and ``replace`` sections
+  # (the model's overrides) are taken whole from the saved run rather than merged.
   for key, value in src.items():
     if isinstance(value, Mapping) and isinstance(dst.get(key), dict) and key not in replace:
       _deep_update(dst[key], value)

@@ -312,6 +312,8 @@ class Checkpoints:
             if len(found) != len(wanted) else "array shapes differ")
 
   def save(self, step: int, state: dict, data_states: list[Any]) -> None:
+    # Every process's iterator state in one JSON item, not grain's per-process handler: a run may
+    # resume on another process count (loop._restore_data), and the synthetic iterator is not grain's.
     data = {"process_count": len(data_states), "states": data_states}
     self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                     data=ocp.args.JsonSave(data)), force=True)
