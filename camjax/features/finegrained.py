@@ -241,16 +241,6 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
-def _deep_update(dst: dict, src: Mapping[str, Any], replace: tuple[str, ...] = ()) -> None:
-  # Not ConfigDict.update: JSON lists must become this config's tuples, and ``replace`` sections
-  # (the model's overrides) are taken whole from the saved run rather than merged.
-  for key, value in src.items():
-    if isinstance(value, Mapping) and isinstance(dst.get(key), dict) and key not in replace:
-      _deep_update(dst[key], value)
-    else:
-      dst[key] = tuple(value) if isinstance(value, list) and isinstance(dst.get(key), tuple) else value
-
-
 def backbone_training_config(config: Any) -> Any:
   """``config`` with the model section of the backbone's own run.
 
@@ -260,23 +250,19 @@ def backbone_training_config(config: Any) -> Any:
   run does not mention keep this config's values; the other sections stay those
   of ``config``.
   """
-  import ml_collections
+  from camjax.train import checkpoint
 
-  merged = config.to_dict()
   saved = _saved_config(config.backbone_workdir) if config.backbone_workdir else {}
-  if isinstance(saved.get("model"), Mapping):
-    _deep_update(merged.setdefault("model", {}), saved["model"], replace=("overrides",))
-  merged["pretrained"]["path"] = ""  # the checkpoint holds every weight; do not re-import pretrained ones
-  return ml_collections.ConfigDict(merged)
+  merged = checkpoint.with_run_model(config, saved["model"] if isinstance(saved.get("model"), Mapping) else {})
+  merged.pretrained.path = ""  # the checkpoint holds every weight; do not re-import pretrained ones
+  return merged
 
 
 def _saved_config(workdir: str) -> dict[str, Any]:
   """The backbone run's config.json as a dict ({} when there is none)."""
-  try:
-    with open(os.path.join(workdir, "config.json")) as fh:
-      return json.load(fh)
-  except (OSError, ValueError):
-    return {}
+  from camjax.train import checkpoint
+
+  return checkpoint.run_config(workdir) or {}
 
 
 def _saved_data_name(workdir: str) -> str:

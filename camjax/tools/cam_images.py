@@ -380,14 +380,6 @@ def check_settings(config: Any, workdir: str | None = None) -> None:
 # ----------------------------------------------------------------------------- camjax runs
 
 
-def _run_dir(path: str) -> str:
-  """The run directory of a workdir or of one of its step directories (``WORKDIR/checkpoints/<step>``)."""
-  parent = os.path.dirname(path)
-  if os.path.isdir(os.path.join(path, "state")) and os.path.basename(parent) == "checkpoints":
-    return os.path.dirname(parent)
-  return path
-
-
 def _checkpoint_messages(workdir: str) -> dict[str, str]:
   """This command's words for a run that is not there or holds no checkpoint."""
   return {"missing": f"cam_images.workdir={workdir} does not exist; point it at a camjax training workdir",
@@ -409,26 +401,18 @@ def checkpoint_workdir(config: Any, workdir: str | None = None) -> str:
 
 def read_run_config(workdir: str) -> dict:
   """The ``config.json`` ``camjax.main`` wrote in a run's workdir, as a dict (lists turned into tuples)."""
-  run_dir = _run_dir(os.path.abspath(os.path.expanduser(workdir)))
-  path = os.path.join(run_dir, "config.json")
-  if not os.path.isfile(path):
-    raise UserError(f"{run_dir} has no config.json (python -m camjax.main writes it when a run starts), so its "
-                    "model and preprocessing are unknown; point cam_images.workdir at a camjax training workdir")
-  try:
-    with open(path, encoding="utf-8") as f:
-      saved = json.load(f)
-  except (OSError, ValueError) as e:
-    raise UserError(f"cannot read {path} ({e}); point cam_images.workdir at a camjax training workdir") from e
+  from camjax.train import checkpoint
+
+  saved = checkpoint.run_config(workdir)
+  path = os.path.join(checkpoint.run_dir(workdir), checkpoint.RUN_CONFIG_FILE)
+  if saved is None:
+    raise UserError(f"{checkpoint.run_dir(workdir)} has no config.json (python -m camjax.main writes it when a run "
+                    "starts), so its model and preprocessing are unknown; point cam_images.workdir at a camjax "
+                    "training workdir")
   for section in ("model", "data"):
     if not isinstance(saved.get(section), dict):
       raise UserError(f"{path} has no {section} section; is it a camjax run's config.json?")
-
-  def tuples(value: Any) -> Any:
-    if isinstance(value, dict):
-      return {k: tuples(v) for k, v in value.items()}
-    return tuple(tuples(v) for v in value) if isinstance(value, list) else value
-
-  return tuples(saved)
+  return saved
 
 
 def config_from_run(config: Any, saved: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> Any:
@@ -443,13 +427,12 @@ def config_from_run(config: Any, saved: Mapping[str, Any], overrides: Mapping[st
   """
   import ml_collections
 
-  merged = config.to_dict()
-  merged["model"] = {**merged.get("model", {}), **dict(saved["model"])}
-  merged["model"]["overrides"] = dict(saved["model"].get("overrides") or {})
-  data = dict(merged.get("data", {}))
-  data.update({k: saved["data"][k] for k in RUN_DATA_FIELDS if k in saved["data"]})
-  merged["data"] = data
-  out = ml_collections.ConfigDict(merged)
+  from camjax.train import checkpoint
+
+  out = checkpoint.with_run_model(config, saved["model"])
+  for key in RUN_DATA_FIELDS:
+    if key in saved["data"]:
+      out.data[key] = saved["data"][key]
   for key, value in (overrides or {}).items():
     *parents, leaf = key.split(".")
     node = out
@@ -536,7 +519,9 @@ def prepare(config: Any, image_paths: Sequence[str], output: str, *, workdir: st
   if config.cam_images.weights == "checkpoint":
     run_workdir = checkpoint_workdir(config, workdir)
     config = config_from_run(config, read_run_config(run_workdir), overrides)
-    log.info("using the run's %s", describe_run(config, _run_dir(os.path.abspath(run_workdir))))
+    from camjax.train import checkpoint
+
+    log.info("using the run's %s", describe_run(config, checkpoint.run_dir(run_workdir)))
     top_k, num_classes = config.cam_images.top_k, config.model.num_classes
     if top_k > num_classes and "cam_images.top_k" not in (overrides or {}):
       with config.unlocked():

@@ -12,6 +12,7 @@ newest one that is readable.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -181,6 +182,53 @@ def _misfit(stored: Any, want: dict) -> list[str]:
         problems.append(f"{group}/{name}: checkpoint {tuple(have[name].shape)} != model {tuple(leaf.shape)}")
     problems += [f"unexpected {group}/{name}" for name in have if name not in need]
   return problems
+
+
+RUN_CONFIG_FILE = "config.json"
+
+
+def run_dir(path: str) -> str:
+  """The run directory of a workdir or of one of its step directories (``WORKDIR/checkpoints/<step>``)."""
+  path = os.path.abspath(os.path.expanduser(path))
+  parent = os.path.dirname(path)
+  if os.path.isdir(os.path.join(path, "state")) and os.path.basename(parent) == CHECKPOINT_DIR:
+    return os.path.dirname(parent)
+  return path
+
+
+def run_config(path: str) -> dict | None:
+  """The config.json ``camjax.main`` wrote when the run at ``path`` started (lists as tuples); None without one."""
+  file = os.path.join(run_dir(path), RUN_CONFIG_FILE)
+  if not os.path.isfile(file):
+    return None
+  try:
+    with open(file, encoding="utf-8") as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise UserError(f"cannot read {file} ({e}); is it a camjax run's config.json?") from e
+
+  def tuples(value: Any) -> Any:
+    if isinstance(value, dict):
+      return {k: tuples(v) for k, v in value.items()}
+    return tuple(tuples(v) for v in value) if isinstance(value, list) else value
+
+  return tuples(saved)
+
+
+def with_run_model(config: Any, saved_model: dict) -> Any:
+  """``config`` (a new, unlocked ConfigDict) with a run's model section over its own.
+
+  Fields the run does not mention keep this config's values; the run's ``overrides``
+  are taken whole, not merged, since they are the network's constructor arguments.
+  """
+  import ml_collections
+
+  merged = config.to_dict()
+  model = {**merged.get("model", {}), **dict(saved_model)}
+  if "overrides" in saved_model:
+    model["overrides"] = dict(saved_model["overrides"] or {})
+  merged["model"] = model
+  return ml_collections.ConfigDict(merged)
 
 
 def restore_model(config: Any, path: str, *, missing: str | None = None, empty: str | None = None,

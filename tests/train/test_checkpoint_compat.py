@@ -118,3 +118,18 @@ def test_model_from_workdir_errors_and_corrupt_fallback(tmp_path, caplog):
   np.testing.assert_array_equal(_model_arrays(model)["params/head/classifier/kernel"],
                                 _saved_model_arrays(workdir)["params/head/classifier/kernel"])
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "3"]
+
+
+def test_a_runs_config_gives_its_model_to_the_readers(tmp_path):
+  from camjax.train import checkpoint
+
+  saved = checkpoint.run_config(os.path.join(FIXTURE, "checkpoints", "2"))  # a step dir finds its run
+  assert saved == checkpoint.run_config(FIXTURE) and saved["model"]["overrides"]["widths"] == (4, 8)
+  assert checkpoint.run_config(str(tmp_path)) is None
+  config = h.tiny(**{"model.num_classes": 9})
+  with config.unlocked():
+    config.model.overrides.batch_norm = False
+  merged = checkpoint.with_run_model(config, {"num_classes": 4, "overrides": {"widths": (2, 3)}})
+  assert merged.model.num_classes == 4 and merged.model.name == config.model.name  # unmentioned fields kept
+  assert merged.model.overrides.to_dict() == {"widths": (2, 3)}  # the run's overrides, whole
+  assert checkpoint.with_run_model(config, {}).model.overrides.to_dict() == config.model.overrides.to_dict()
