@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from camjax.data import boxes as box_lib
+from camjax.errors import UserError
 
 KEYS = ("image", "label", "bboxes", "id")  # in every record
 OPTIONAL_KEYS = ("mask",)
@@ -104,3 +105,11 @@ def source_has_mask(source: Source) -> bool:
       continue
     return isinstance(record, dict) and "mask" in record
   return False
+
+
+def local_batch_size(global_batch_size: int, process_count: int) -> int:
+  """The rows of a global batch one process reads: the batch must split evenly over the processes."""
+  if global_batch_size <= 0 or global_batch_size % process_count:
+    raise UserError(f"global batch size {global_batch_size} must be a positive multiple of the {process_count} "
+                    "processes; change the batch size")
+  return global_batch_size // process_count

@@ -45,7 +45,7 @@ import numpy as np
 
 from camjax.data import boxes as box_lib, transforms as T
 from camjax.data.bad_data import ON_BAD_DATA, BadDataError, BadDataLog, check_policy  # noqa: F401  (re-exported)
-from camjax.data.examples import record_id, source_has_mask
+from camjax.data.examples import local_batch_size, record_id, source_has_mask
 
 EVAL_MODES = ("resize", "resize_crop")
 BOX_ROUNDINGS = ("pixel", "wsol")
@@ -72,14 +72,6 @@ def _resolve_processes(process_index, process_count) -> tuple[int, int]:
   if not 0 <= process_index < process_count:
     raise ValueError(f"process_index ({process_index}) must be in [0, process_count={process_count})")
   return int(process_index), int(process_count)
-
-
-def _local_batch_size(global_batch_size: int, process_count: int) -> int:
-  if global_batch_size <= 0 or global_batch_size % process_count:
-    raise ValueError(
-        f"global_batch_size ({global_batch_size}) must be a positive multiple of "
-        f"process_count ({process_count}); change the batch size")
-  return global_batch_size // process_count
 
 
 def _check_common(image_size, max_boxes, on_bad_data, worker_count, mean, std):
@@ -115,7 +107,7 @@ def _augment_config(augment: dict | None) -> dict:
 
 def num_eval_batches(num_examples: int, global_batch_size: int, process_count: int) -> int:
   """Batches every process yields in evaluation: ceil(N / global batch)."""
-  _local_batch_size(global_batch_size, process_count)
+  local_batch_size(global_batch_size, process_count)
   return -(-int(num_examples) // int(global_batch_size))
 
 
@@ -455,7 +447,7 @@ def train_iterator(source, *, global_batch_size: int, image_size: int, seed: int
   reader threads per process); a state saved with one value restores with any.
   """
   process_index, process_count = _resolve_processes(process_index, process_count)
-  local = _local_batch_size(global_batch_size, process_count)
+  local = local_batch_size(global_batch_size, process_count)
   _check_common(image_size, max_boxes, on_bad_data, worker_count, mean, std)
   if len(source) == 0:
     raise ValueError("the training source is empty")
@@ -544,7 +536,7 @@ def eval_batches(source, *, global_batch_size: int, image_size: int, mode: str =
   the resampled pixels.
   """
   process_index, process_count = _resolve_processes(process_index, process_count)
-  local = _local_batch_size(global_batch_size, process_count)
+  local = local_batch_size(global_batch_size, process_count)
   _check_common(image_size, max_boxes, on_bad_data, worker_count, mean, std)
   if mode not in EVAL_MODES:
     raise ValueError(f"mode must be one of {EVAL_MODES}, got {mode!r}")

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from camjax.data import boxes as box_lib
-from camjax.data.examples import ENDLESS
+from camjax.data.examples import ENDLESS, local_batch_size
 
 SYNTHETIC = "synthetic"
 EVAL_OFFSET = 1 << 40  # the first record of the evaluation split: never a training record
@@ -103,12 +103,6 @@ def _stack(rows: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
   return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
-def _local_batch_size(global_batch_size: int, process_count: int) -> int:
-  if global_batch_size % process_count:
-    raise ValueError(f"global batch {global_batch_size} does not split over {process_count} processes")
-  return global_batch_size // process_count
-
-
 class _Batches:
   """This process's rows of global batches: ``_local`` rows starting ``_offset`` into each batch."""
 
@@ -116,7 +110,7 @@ class _Batches:
                max_boxes: int = 4):
     self._source = source
     self._global = global_batch_size
-    self._local = _local_batch_size(global_batch_size, process_count)
+    self._local = local_batch_size(global_batch_size, process_count)
     self._offset = process_index * self._local
     self._max_boxes = max_boxes
 

@@ -2,7 +2,7 @@
 
 Everything is a count that can be summed: ``WsolAccumulator`` and ``PxapAccumulator`` take
 batches, so a 50,000-image split never sits in memory, and their ``state()`` dicts add up
-across processes (``merge`` / ``from_state``). The one-shot functions are thin wrappers.
+across processes (``merge`` / ``load_state``). The one-shot functions are thin wrappers.
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ class WsolAccumulator:
       pass
 
   def state(self) -> dict[str, np.ndarray]:
-    """Plain counts; add the same keys across processes, then ``from_state``."""
+    """Plain counts; add the same keys across processes, then ``load_state``."""
     return {"correct": self.correct.copy(), "correct_top1": self.correct_top1.copy(),
             "num_images": np.array(self.num_images, np.int64), "num_top1": np.array(self.num_top1, np.int64)}
 

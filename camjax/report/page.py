@@ -248,11 +248,10 @@ def write(model_state: Any, config: Any, workdir: str, results: dict) -> dict[st
 
 def format_table(summary: dict[str, Any]) -> str:
   """The headline numbers beside the centre baseline, as a console table."""
+  from camjax import app
+
   base = summary.get("baseline", {})
-  keys = [k for k in summary if k not in ("details", "baseline", "num_images", "step")]
-  lines = [f"{'metric':<22}{'camjax':>10}{'centre baseline':>18}"]
-  for k in keys:
-    b = base.get(k)
-    lines.append(f"{k:<22}{summary[k]:>10.2f}{(f'{b:.2f}' if b is not None else '-'):>18}")
-  lines.append(f"({summary['num_images']} images, step {summary['step']})")
-  return "\n".join(lines)
+  rows = [(k, float(summary[k]), float(base[k]) if k in base else "-")
+          for k in summary if k not in ("details", "baseline", "num_images", "step")]
+  return app.format_table(("metric", "camjax", "centre baseline"), rows,
+                          footer=f"({summary['num_images']} images, step {summary['step']})")
