@@ -81,15 +81,9 @@ def validate_config(config: Any, *, num_devices: int | None = None, mode: str = 
     from camjax.train import sharding
 
     data, _ = sharding.mesh_shape(config.mesh.data, config.mesh.model, num_devices, local_devices=local_devices)
-    if t.global_batch_size % data:
-      raise ConfigError(f"training.global_batch_size={t.global_batch_size} is not divisible by the {data} "
-                        f"data-parallel devices; set it to a multiple of {data}")
-    if (t.global_batch_size // data) % t.grad_accum_steps:
-      raise ConfigError(f"training.grad_accum_steps={t.grad_accum_steps} does not divide the per-device batch "
-                        f"{t.global_batch_size // data}; change one of them")
-    if mode != "train" and config.eval.batch_size % data:
-      raise ConfigError(f"eval.batch_size={config.eval.batch_size} is not divisible by the {data} "
-                        f"data-parallel devices; set it to a multiple of {data}")
+    sharding.per_device_batch(t.global_batch_size, data, grad_accum_steps=t.grad_accum_steps)
+    if mode != "train":
+      sharding.per_device_batch(config.eval.batch_size, data, field="eval.batch_size")
   data_sets = _data_set_names()
   if config.data.name not in data_sets:
     raise ConfigError(f"unknown data set {config.data.name!r}; set --config.data.name to one of: "

@@ -119,11 +119,8 @@ def train(config: Any, workdir: str, *, devices: list | None = None) -> TrainRes
   """
   os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model, devices)
-  sharding.host_local_batch_size(config.training.global_batch_size, mesh)  # fails early when it does not split
-  accum = config.training.grad_accum_steps
-  if accum < 1 or (config.training.global_batch_size // mesh.shape[sharding.DATA]) % accum:
-    raise UserError(f"training.grad_accum_steps={accum} does not divide the per-device batch "
-                    f"{config.training.global_batch_size // mesh.shape[sharding.DATA]}; change one of them")
+  sharding.per_device_batch(config.training.global_batch_size, mesh.shape[sharding.DATA],
+                            grad_accum_steps=config.training.grad_accum_steps)  # fails early when it does not split
   num_steps = train_data.steps_for(config)
   is_main = jax.process_index() == 0
   began = time.perf_counter()

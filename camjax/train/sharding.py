@@ -173,11 +173,14 @@ def sync(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def host_local_batch_size(global_batch_size: int, mesh: Mesh) -> int:
-  """The rows this process feeds, after checking the batch splits evenly over devices and hosts."""
-  data_size = mesh.shape[DATA]
-  if global_batch_size % data_size:
-    raise ValueError(f"training.global_batch_size={global_batch_size} is not divisible by the {data_size} "
-                     f"data-parallel devices; set it to a multiple of {data_size}")
-  return global_batch_size // jax.process_count()
-
+def per_device_batch(global_batch_size: int, data_size: int, *, grad_accum_steps: int = 1,
+                     field: str = "training.global_batch_size") -> int:
+  """Rows per data-parallel device, after checking the batch (and its micro-batches) split evenly."""
+  if global_batch_size < 1 or global_batch_size % data_size:
+    raise ConfigError(f"{field}={global_batch_size} is not divisible by the {data_size} data-parallel devices; "
+                      f"set it to a multiple of {data_size}")
+  per_device = global_batch_size // data_size
+  if grad_accum_steps < 1 or per_device % grad_accum_steps:
+    raise ConfigError(f"training.grad_accum_steps={grad_accum_steps} does not divide the per-device batch "
+                      f"{per_device}; change one of them")
+  return per_device

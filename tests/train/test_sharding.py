@@ -54,7 +54,9 @@ def test_mesh_uses_jax_make_mesh_with_auto_axes_and_host_contiguous_rows():
 
 def test_batch_size_must_divide_over_data_devices():
   mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
-  assert sharding.host_local_batch_size(8, mesh) == 8
+  assert sharding.per_device_batch(8, mesh.shape[sharding.DATA]) == 8
+  with pytest.raises(ValueError, match="grad_accum_steps=3 does not divide the per-device batch 4"):
+    sharding.per_device_batch(8, 2, grad_accum_steps=3)
   assert sharding.gather_json({"a": 1}) == [{"a": 1}]
 
 
