@@ -57,7 +57,7 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, sched
   accum = int(config.training.grad_accum_steps)
   dtype = COMPUTE_DTYPES[config.model.dtype]
 
-  def loss_fn(params, batch_stats, other, images, labels, step):
+  def loss_fn(params, batch_stats, other, images, labels):
     model = model_def.merge(params, batch_stats, other, train=True)
     logits, _ = model(images.astype(dtype))
     logits = logits.astype(jnp.float32)
@@ -72,8 +72,7 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, sched
     images, labels, step = batch["image"], batch["label"], state["step"]
     params = state["params"]
     if accum == 1:
-      (loss, (correct, stats, other)), grads = grad_fn(params, state["batch_stats"], state["other"], images, labels,
-                                                       step)
+      (loss, (correct, stats, other)), grads = grad_fn(params, state["batch_stats"], state["other"], images, labels)
     else:
       # Micro-batch i holds rows j * accum + i, so every device keeps its own rows.
       micro = NamedSharding(mesh, P(None, sharding.DATA))
@@ -84,7 +83,7 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, sched
 
       def body(carry, mb):
         g_sum, loss_sum, correct_sum, stats, other = carry
-        (loss, (correct, stats, other)), g = grad_fn(params, stats, other, mb[0], mb[1], step)
+        (loss, (correct, stats, other)), g = grad_fn(params, stats, other, mb[0], mb[1])
         g_sum = jax.tree.map(jnp.add, g_sum, g)
         return (g_sum, loss_sum + loss, correct_sum + correct, stats, other), None
 
