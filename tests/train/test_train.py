@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import time
 
 import jax
 import jax.numpy as jnp
@@ -201,8 +202,10 @@ def test_a_resumed_run_drops_the_metrics_past_its_checkpoint(tmp_path):
   devices = jax.devices()[:1]
   train.train(tiny(**{"training.num_steps": 4}), workdir, devices=devices)
   shutil.rmtree(os.path.join(workdir, "checkpoints", "4"))
+  time.sleep(1.1)  # event files are named by the second they open in: keep the three in writing order
   with MetricsWriter(workdir) as writer:  # an eval of the lost step 4: gone too
     writer.write(4, {"top1": 1.0}, split="eval")
+  time.sleep(1.1)
   train.train(tiny(**{"training.num_steps": 6}), workdir, devices=devices)
   assert [r["step"] for r in read_metrics(workdir)] == [1, 2, 3, 4, 5, 6]
   assert list(h.losses(workdir)) == [1, 2, 3, 4, 5, 6]
