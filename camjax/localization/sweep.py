@@ -16,11 +16,13 @@ the benchmark check it.
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any, Callable, Iterator, NamedTuple
 
 import cv2
 import numpy as np
 
+from camjax.localization import component_tree
 from camjax.localization.boxes import cam_levels, quantize
 
 _K3 = np.ones((3, 3), np.uint8)
@@ -288,6 +290,19 @@ class _Boxes:
     # (owners, part ids, part levels, grow)
     self.deferred: list[list[tuple[np.ndarray, np.ndarray, np.ndarray, int]]] = [[] for _ in range(num_modes)]
     self.parts: list[tuple[np.ndarray, int, int]] = []
+    self.scored: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in range(num_modes)]  # (owners, best IoU)
+
+  def mark(self) -> tuple:
+    return len(self.parts), [len(d) for d in self.direct], [len(d) for d in self.deferred]
+
+  def rollback(self, mark: tuple) -> None:
+    """Drop what was added since ``mark`` (a map handed over to the component tree midway)."""
+    parts, direct, deferred = mark
+    del self.parts[parts:]
+    for kept, items in zip(direct, self.direct):
+      del items[kept:]
+    for kept, items in zip(deferred, self.deferred):
+      del items[kept:]
 
   def best(self, slots: int, slot_map: np.ndarray, gt: np.ndarray, height: int, width: int) -> np.ndarray:
     """(modes, slots): best IoU per level slot (-1 where a slot owns no box)."""
@@ -300,6 +315,8 @@ class _Boxes:
         found = _extents(profiles, ids, np.concatenate([lv for _, _, lv, _ in deferred]))
         found += np.repeat([grow for *_, grow in deferred], [len(p) for _, p, _, _ in deferred])[:, None] * _GROW
         boxes.append(found)
+      for owners, scores in self.scored[m]:
+        np.maximum.at(out[m], owners, scores)
       if not boxes:
         continue
       owners = np.concatenate([o for _, o in direct] + [o for o, _, _, _ in deferred])
@@ -336,7 +353,7 @@ def best_iou_batch(q: np.ndarray, gt_boxes: list[np.ndarray], table: LevelTable,
     tight = tight_all[i][np.maximum(lv.work, 0)]
     if len(lv.work) and lv.work[0] < 0:
       tight[0] = full  # level -1: everything
-    _sweep_map(q[i], lv.work, tight, lv.index + base, modes, shortcut, collected)
+    _sweep_map(q[i], gt_boxes[i], lv.work, tight, lv.index + base, modes, shortcut, collected)
     base += lv.count
   slot_map = np.repeat(np.arange(n), [lv.count for lv in levels])
   mmax = max(len(g) for g in gt_boxes)
@@ -357,22 +374,85 @@ def wsol_level_best_iou(scoremap: np.ndarray, gt_boxes: np.ndarray, cam_threshol
   return best_iou_batch(q[None], [np.asarray(gt_boxes, np.int64).reshape(-1, 4)], table, modes, shortcut=shortcut)[0]
 
 
-def _sweep_map(q: np.ndarray, work: np.ndarray, tight: np.ndarray, slots: np.ndarray, modes: tuple[bool, ...],
-               shortcut: bool, out: _Boxes) -> None:
+class _Complex(Exception):
+  """A map whose levels would take more contour work than building its component trees."""
+
+
+# A map is handed to the component trees (``component_tree``) when it has more regional maxima
+# than TREE_MAXIMA, when its contour calls would read more than TREE_CONTOUR_PIXELS maps' worth
+# of pixels, or when one call finds more than TREE_CONTOURS borders (each costs Python work): a
+# few contour calls on a smooth map are cheaper than building trees, many on a noisy one are not.
+TREE_MAXIMA = 64
+TREE_CONTOUR_PIXELS = 6
+TREE_CONTOURS = 256
+
+
+def _sweep_map(q: np.ndarray, gt: np.ndarray, work: np.ndarray, tight: np.ndarray, slots: np.ndarray,
+               modes: tuple[bool, ...], shortcut: bool, out: _Boxes) -> None:
   """Boxes of every nonempty level ``work`` (ascending, foreground boxes ``tight``) into ``out``, owned by ``slots``."""
   cache: dict[int, tuple] = {}
+  budget = [TREE_CONTOUR_PIXELS * q.size if shortcut else -1]
 
   def contours_at(j: int) -> tuple:
     # Unapproximated chains (same boxes and areas) start where the border scan started: a hole's
     # border at the foreground pixel just left of the hole (``_holes_at`` fills the hole from there).
     if j not in cache:
       x0, y0, x1, y1 = tight[j].tolist()
+      if budget[0] >= 0:
+        budget[0] -= (x1 - x0 + 1) * (y1 - y0 + 1)
+        if budget[0] < 0:
+          raise _Complex
       binary = cv2.threshold(q[y0:y1 + 1, x0:x1 + 1], int(work[j]), 1, cv2.THRESH_BINARY)[1] if work[j] >= 0 else \
           np.ones((y1 - y0 + 1, x1 - x0 + 1), np.uint8)
       cache[j] = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_NONE, offset=(x0, y0))
+      if budget[0] >= 0 and len(cache[j][0]) > TREE_CONTOURS:
+        raise _Complex
     return cache[j]
 
-  proof = _proven_levels(q, work, tight, contours_at, single=not all(modes)) if shortcut and len(work) else None
+  mark = out.mark()
+  try:
+    _levels_by_contours(q, work, tight, slots, modes, shortcut, contours_at, out)
+  except _Complex:
+    out.rollback(mark)
+    budget[0] = -1
+    _levels_by_trees(q, gt, work, slots, modes, contours_at, out)
+
+
+def _levels_by_trees(q: np.ndarray, gt: np.ndarray, work: np.ndarray, slots: np.ndarray, modes: tuple[bool, ...],
+                     contours_at: Callable[[int], tuple], out: _Boxes) -> None:
+  """Every level's best IoU read from the map's component trees; a single-contour level with several
+  largest borders of different IoUs goes to the contour finder unless OpenCV's tie order is known."""
+  multi_best, single_best, undecided = component_tree.best_ious(q, gt, any(modes), not all(modes))
+  for m, multi in enumerate(modes):
+    best = (multi_best if multi else single_best)[work + 1]
+    ask = np.zeros(len(work), bool) if multi or _ties_follow_raster_order() else undecided[work + 1]
+    out.scored[m].append((slots[~ask], best[~ask]))
+    for j in np.flatnonzero(ask).tolist():
+      boxes = _contour_boxes(contours_at(j)[0], multi)
+      out.direct[m].append((boxes, np.full(len(boxes), slots[j])))
+
+
+@functools.cache
+def _ties_follow_raster_order() -> bool:
+  """Whether the installed OpenCV lists outermost borders in reverse raster order of their first pixel
+  (what ``component_tree`` assumes to break ties between largest borders)."""
+  image = np.zeros((9, 11), np.uint8)
+  starts = [(1, 1), (1, 6), (3, 8), (4, 3), (6, 1), (7, 5), (7, 9)]
+  for y, x in starts:
+    image[y, x] = 1
+  image[3:6, 4:7] = 1
+  image[4, 5] = 0  # a ring, so the list holds a hole border too
+  contours, hierarchy = cv2.findContours(image, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)
+  outer = [tuple(c[0, 0][::-1]) for c, h in zip(contours, hierarchy[0]) if h[3] < 0]
+  return outer == sorted(starts + [(3, 4)], reverse=True)
+
+
+def _levels_by_contours(q: np.ndarray, work: np.ndarray, tight: np.ndarray, slots: np.ndarray,
+                        modes: tuple[bool, ...], shortcut: bool, contours_at: Callable[[int], tuple],
+                        out: _Boxes) -> None:
+  """The proofs (``_proven_levels``) where they hold, one contour call per level elsewhere."""
+  proof = _proven_levels(q, work, tight, contours_at, single=not all(modes),
+                         max_maxima=TREE_MAXIMA) if shortcut and len(work) else None
   one, several, holes, holey = proof if proof else (np.zeros(0, np.intp), [], [], None)
   firsts = []  # each group's parts are registered once, shared by the modes
   for group in several + holes:
@@ -403,7 +483,7 @@ def _sweep_map(q: np.ndarray, work: np.ndarray, tight: np.ndarray, slots: np.nda
 
 
 def _proven_levels(q: np.ndarray, work: np.ndarray, tight: np.ndarray, contours_at: Callable[[int], tuple],
-                   single: bool) -> tuple[np.ndarray, list, list, np.ndarray]:
+                   single: bool, max_maxima: int | None = None) -> tuple[np.ndarray, list, list, np.ndarray]:
   """Levels (indices into ``work``) whose borders are proven without their own contour call.
 
   Returns the one-component levels, whose outer box is their ``tight`` box; groups (levels'
@@ -435,7 +515,11 @@ def _proven_levels(q: np.ndarray, work: np.ndarray, tight: np.ndarray, contours_
   inner = q[y0:y1 + 1, x0:x1 + 1]
   levels = work[skip:]
   euler = euler_numbers(inner)[levels]
+  if max_maxima is not None and len(euler) and np.abs(euler).max() > max_maxima:
+    raise _Complex  # many components or many holes at some level
   maxima, rows, cols = regional_maxima(inner)
+  if max_maxima is not None and len(maxima) > max_maxima:
+    raise _Complex
   above = len(maxima) - np.searchsorted(maxima[::-1], levels, side="right")  # maxima strictly above each level
   peaks = (maxima, rows + y0, cols + x0)
   count = np.zeros(n - skip, np.int64)
