@@ -437,7 +437,7 @@ def _ties_follow_raster_order() -> bool:
   """Whether the installed OpenCV lists outermost borders in reverse raster order of their first pixel
   (what ``component_tree`` assumes to break ties between largest borders)."""
   image = np.zeros((9, 11), np.uint8)
-  starts = [(1, 1), (1, 6), (3, 8), (4, 3), (6, 1), (7, 5), (7, 9)]
+  starts = [(1, 1), (1, 6), (3, 9), (4, 1), (6, 1), (7, 5), (7, 9)]
   for y, x in starts:
     image[y, x] = 1
   image[3:6, 4:7] = 1
