@@ -1,11 +1,12 @@
 """WSOL MaxBoxAcc sweep: camjax's level sweep vs a naive per-threshold contour sweep.
 
-``python -m benchmarks.bench_localization``. Goal: ``max_box_acc`` at 1000 CAM thresholds
-(step 0.001) on 224 x 224 maps at least 30x faster on one core than calling the contour
-finder once per threshold, with identical results (asserted here). Both sides run pinned
-to one CPU (where the OS allows it) and are timed in CPU seconds of this process, best of
-three (the two interleaved), on random smooth maps and on real CAMs (EfficientNet-Lite0,
-top-5 classes of scikit-image's photos).
+``python -m benchmarks.bench_localization [--full]``. ``max_box_acc`` at 1000 CAM thresholds
+(step 0.001) on 224 x 224 maps, both modes, on every map family of ``map_families`` (smooth
+CAMs and the noisy, fragmented maps of gradient saliency), real EfficientNet-Lite0 CAMs and
+backprop-saliency maps of scikit-image's photos, against one contour call per threshold, with
+identical results asserted on every map. Both sides run pinned to one CPU (where the OS allows
+it) and are timed in CPU seconds of this process, the two interleaved. ``--full`` also streams
+50,000 noisy maps (ImageNet validation size) through ``WsolAccumulator`` on two processes.
 """
 
 from __future__ import annotations
@@ -18,30 +19,12 @@ import time
 import cv2
 import numpy as np
 
+from benchmarks import map_families
 from camjax import localization as loc
 
 SIZE = 224
 THRESHOLDS = np.arange(0, 1, 0.001)
 IOU_THRESHOLDS = (30, 50, 70)
-
-
-def smooth_maps(n: int, blobs: tuple[int, int], seed: int) -> tuple[np.ndarray, list[np.ndarray]]:
-  """Sums of ``blobs[0]..blobs[1]`` Gaussians of random size and weight, min-max normalized; a box per map."""
-  rng = np.random.default_rng(seed)
-  yy, xx = np.mgrid[:SIZE, :SIZE]
-  maps, boxes = [], []
-  for _ in range(n):
-    s = np.zeros((SIZE, SIZE))
-    for k in range(int(rng.integers(blobs[0], blobs[1] + 1))):
-      cy, cx = rng.uniform(0, SIZE, 2)
-      sy, sx = rng.uniform(8, 50, 2)
-      weight = 1.0 if k == 0 else rng.uniform(0.2, 0.9)
-      s += weight * np.exp(-((yy - cy) ** 2 / (2 * sy ** 2) + (xx - cx) ** 2 / (2 * sx ** 2)))
-      if k == 0:
-        box = [max(0, cx - 2 * sx), max(0, cy - 2 * sy), min(SIZE - 1, cx + 2 * sx), min(SIZE - 1, cy + 2 * sy)]
-    maps.append((s - s.min()) / (s.max() - s.min()))
-    boxes.append(np.array([box], np.int64))
-  return np.stack(maps), boxes
 
 
 def naive_curve(maps: np.ndarray, boxes: list[np.ndarray], multi_contour: bool = True) -> np.ndarray:
@@ -151,22 +134,14 @@ def real_cams(top_k: int = 5) -> tuple[np.ndarray, list[np.ndarray]] | None:
   """EfficientNet-Lite0 CAMs (7 x 7, bilinear to 224, min-max normalized) of the top-k classes of
   scikit-image's photos, with random boxes; None without the weights or the photos."""
   try:
-    import skimage.data
-
     from camjax.tools import cam_images
     from camjax.weights import efficientnet_lite
 
     model = efficientnet_lite.pretrained("efficientnet_lite0")
+    photos = _photos()
   except Exception as err:  # no weights package or no scikit-image here
     print(f"real CAMs skipped: {err}", file=sys.stderr)
     return None
-  photos = []
-  for name in PHOTOS:
-    image = np.asarray(getattr(skimage.data, name)())
-    if image.dtype != np.uint8:  # boolean or float photos
-      image = image.astype(np.float64)
-      image = (255 * (image - image.min()) / max(np.ptp(image), 1e-9)).astype(np.uint8)
-    photos.append(np.stack([image] * 3, axis=-1) if image.ndim == 2 else image[..., :3])
   runner = cam_images.CamRunner(model, batch_size=1, top_k=top_k)
   maps = []
   for result in runner.run(photos):
@@ -181,23 +156,99 @@ def real_cams(top_k: int = 5) -> tuple[np.ndarray, list[np.ndarray]] | None:
   return np.stack(maps), boxes
 
 
-def run() -> list[dict]:
+def saliency_maps(limit: int = 17) -> tuple[np.ndarray, list[np.ndarray]] | None:
+  """Backprop saliency (max over channels of |d score / d pixel|) of EfficientNet-Lite0's top-1 class on
+  scikit-image's photos at 224 px, min-max normalized, with random boxes; None without the weights."""
+  try:
+    import jax.numpy as jnp
+
+    from camjax import saliency
+    from camjax.tools import cam_images
+    from camjax.weights import efficientnet_lite
+
+    model = efficientnet_lite.pretrained("efficientnet_lite0")
+    photos = _photos()
+  except Exception as err:  # no weights package or no scikit-image here
+    print(f"saliency maps skipped: {err}", file=sys.stderr)
+    return None
+  from camjax.data import transforms
+
+  model.eval()
+  batch = np.stack([cam_images.preprocess(p, (SIZE, SIZE), transforms.IMAGENET_MEAN, transforms.IMAGENET_STD)
+                    for p in photos[:limit]])
+  maps = np.asarray(saliency.backprop_saliency(model, jnp.asarray(batch))[0], np.float64)
+  maps = np.stack([(m - m.min()) / (m.max() - m.min()) for m in maps])
+  rng = np.random.default_rng(1)
+  return maps, [map_families._random_box(rng, SIZE) for _ in maps]
+
+
+def _photos() -> list[np.ndarray]:
+  import skimage.data
+
+  photos = []
+  for name in PHOTOS:
+    image = np.asarray(getattr(skimage.data, name)())
+    if image.dtype != np.uint8:  # boolean or float photos
+      image = image.astype(np.float64)
+      image = (255 * (image - image.min()) / max(np.ptp(image), 1e-9)).astype(np.uint8)
+    photos.append(np.stack([image] * 3, axis=-1) if image.ndim == 2 else image[..., :3])
+  return photos
+
+
+# maps per family: the naive side takes seconds per map on the noisy ones
+FAMILY_MAPS = {"smooth_1-3_blobs": 60, "blobs_1-8": 30, "blobs_noise3": 8, "blobs_noise3_ring": 8,
+               "blobs_noise3_lines": 8, "blobs_speckle25": 6, "noise_14x14_bilinear": 16, "checkerboard": 4,
+               "single_pixel": 30, "constant": 30}
+NOISY = ("blobs_noise3", "blobs_noise3_ring", "blobs_noise3_lines", "blobs_speckle25")
+
+
+def full_split(total: int = 50_000, workers: int = 2, pool: int = 500) -> list[dict]:
+  """Wall time of ``total`` noisy maps through ``WsolAccumulator(num_workers=workers)`` in batches
+  of ``pool`` (the same ``pool`` maps of the four noisy families, cycled: generating 50,000 would
+  dominate the run)."""
+  parts = [map_families.sample(name, pool // len(NOISY), SIZE, seed=11 + i) for i, name in enumerate(NOISY)]
+  maps = np.concatenate([m for m, _ in parts])
+  boxes = [b for _, bs in parts for b in bs]
+  acc = loc.WsolAccumulator(THRESHOLDS, IOU_THRESHOLDS, True, num_workers=workers, chunk_size=16)
+  try:
+    acc.add(maps[:32], boxes[:32])  # start the workers outside the timing
+    acc = loc.WsolAccumulator(THRESHOLDS, IOU_THRESHOLDS, True, num_workers=workers, chunk_size=16)._adopt_pool(acc)
+    start = time.perf_counter()
+    done = 0
+    while done < total:
+      n = min(len(maps), total - done)
+      acc.add(maps[:n], boxes[:n])
+      done += n
+      print(f"  {done}/{total} maps, {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    seconds = time.perf_counter() - start
+  finally:
+    acc.close()
+  return [{"benchmark": f"wsol_sweep/noisy_{total}_maps/workers={workers}", "value": round(seconds, 1),
+           "unit": "s (wall)", "maps_per_s": round(total / seconds, 1), "maps": total}]
+
+
+def run(full: bool = False) -> list[dict]:
   rows = []
-  maps, boxes = smooth_maps(60, (1, 3), seed=0)
-  rows += compare("smooth_1-3_blobs", maps, boxes, multi_contour=True)
-  rows += compare("smooth_1-3_blobs_single", maps, boxes, multi_contour=False)
+  for name, n in FAMILY_MAPS.items():
+    maps, boxes = map_families.sample(name, n, SIZE, seed=0)
+    repeats = 1 if name in NOISY or name == "checkerboard" else 3
+    rows += compare(name, maps, boxes, multi_contour=True, repeats=repeats)
+    rows += compare(f"{name}_single", maps, boxes, multi_contour=False, repeats=repeats)
+  maps, boxes = map_families.sample("smooth_1-3_blobs", 60, SIZE, seed=0)
   rows += parallel("smooth_1-3_blobs", np.concatenate([maps] * 4), boxes * 4)
-  maps, boxes = smooth_maps(20, (6, 8), seed=1)
-  rows += compare("busy_6-8_blobs", maps, boxes, multi_contour=True)
-  cams = real_cams()
-  if cams is not None:
-    rows += compare("efficientnet_lite0_cams", *cams, multi_contour=True)
-    rows += compare("efficientnet_lite0_cams_single", *cams, multi_contour=False)
+  maps, boxes = map_families.sample("blobs_noise3", 48, SIZE, seed=1)
+  rows += parallel("blobs_noise3", maps, boxes)
+  for name, maps_boxes in (("efficientnet_lite0_cams", real_cams()), ("efficientnet_lite0_saliency", saliency_maps())):
+    if maps_boxes is not None:
+      rows += compare(name, *maps_boxes, multi_contour=True, repeats=1 if "saliency" in name else 3)
+      rows += compare(f"{name}_single", *maps_boxes, multi_contour=False, repeats=1 if "saliency" in name else 3)
+  if full:
+    rows += full_split()
   return rows
 
 
 def main() -> int:
-  for row in run():
+  for row in run(full="--full" in sys.argv[1:]):
     print(row)
   return 0
 

@@ -30,7 +30,16 @@ _FOUR = np.array([(-1, 0), (0, -1), (0, 1), (1, 0)], np.int64)
 _NONE = -2.0  # no node alive: the caller's "no border" (the (0, 0, 0, 0) box)
 
 
-@numba.njit(cache=True, nogil=True)
+def _compiled(fn):
+  """numba-compiled, cached on disk beside the module (or in the user's cache) so that worker
+  processes load it instead of compiling; without any writable place, compiled per process."""
+  try:
+    return numba.njit(cache=True, nogil=True)(fn)
+  except RuntimeError:
+    return numba.njit(nogil=True)(fn)
+
+
+@_compiled
 def _order_descending(values: np.ndarray) -> np.ndarray:
   """Pixel indices sorted by value, highest first (counting sort; ties in raster order)."""
   counts = np.zeros(257, np.int64)
@@ -46,7 +55,7 @@ def _order_descending(values: np.ndarray) -> np.ndarray:
   return order
 
 
-@numba.njit(cache=True, nogil=True)
+@_compiled
 def _max_tree(values: np.ndarray, height: int, width: int, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """Canonical max-tree: ``parent`` per pixel and the processing order (children before parents).
 
@@ -97,7 +106,7 @@ def _max_tree(values: np.ndarray, height: int, width: int, offsets: np.ndarray) 
   return parent, order
 
 
-@numba.njit(cache=True, nogil=True)
+@_compiled
 def _boxes(parent: np.ndarray, order: np.ndarray, width: int) -> np.ndarray:
   """(n, 4) inclusive boxes (x0, y0, x1, y1) of every node's pixels, read at canonical pixels."""
   n = parent.size
@@ -115,7 +124,7 @@ def _boxes(parent: np.ndarray, order: np.ndarray, width: int) -> np.ndarray:
   return box
 
 
-@numba.njit(cache=True, nogil=True)
+@_compiled
 def _iou(x0: int, y0: int, x1: int, y1: int, gt: np.ndarray, height: int, width: int) -> float:
   """Best IoU of a tight box, as the standard reports it ((x + w, y + h) clipped), over ground-truth boxes."""
   x1 = min(x1 + 1, width - 1)
@@ -131,7 +140,7 @@ def _iou(x0: int, y0: int, x1: int, y1: int, gt: np.ndarray, height: int, width:
   return best
 
 
-@numba.njit(cache=True, nogil=True)
+@_compiled
 def _spread_max(grid: np.ndarray) -> np.ndarray:
   """best[i] = max of grid[a, b] over a <= i <= b (grid: values of nodes alive on [a, b])."""
   size = grid.shape[0]
@@ -148,7 +157,7 @@ def _spread_max(grid: np.ndarray) -> np.ndarray:
   return best
 
 
-@numba.njit(cache=True, nogil=True)
+@_compiled
 def best_ious(q: np.ndarray, gt: np.ndarray, multi: bool, single: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """For L = -1..255 (index L + 1; -2 where ``q > L`` has no border): the best IoU over all borders
   (``multi``), the IoU of the largest-area border (``single``), and whether the latter level has
@@ -174,12 +183,12 @@ def best_ious(q: np.ndarray, gt: np.ndarray, multi: bool, single: bool) -> tuple
   return multi_best, single_best, undecided
 
 
-@numba.njit(cache=True, nogil=True)
+@_compiled
 def _reaches_edge(box: np.ndarray, p: int, width: int, height: int) -> bool:
   return box[p, 0] == 0 or box[p, 1] == 0 or box[p, 2] == width - 1 or box[p, 3] == height - 1
 
 
-@numba.njit(cache=True, nogil=True)
+@_compiled
 def _all_borders(flat: np.ndarray, inverted: np.ndarray, hole_parent: np.ndarray, hole_box: np.ndarray,
                  gt: np.ndarray, height: int, width: int) -> np.ndarray:
   """Best IoU over the components (max-tree nodes) and holes (min-tree nodes off the edge) alive at each level."""
@@ -209,7 +218,7 @@ def _all_borders(flat: np.ndarray, inverted: np.ndarray, hole_parent: np.ndarray
   return _spread_max(grid)
 
 
-@numba.njit(cache=True, nogil=True)
+@_compiled
 def _filled(flat: np.ndarray, inverted: np.ndarray, parent: np.ndarray, order: np.ndarray, box: np.ndarray,
             width: int, height: int) -> np.ndarray:
   """The map with its holes filled: each pixel's level is that of its lowest min-tree ancestor reaching the edge."""
@@ -225,7 +234,7 @@ def _filled(flat: np.ndarray, inverted: np.ndarray, parent: np.ndarray, order: n
   return g
 
 
-@numba.njit(cache=True, nogil=True)
+@_compiled
 def _largest_border(g: np.ndarray, gt: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
   """IoU of the largest filled component of ``g > L`` per level, and the levels with differing ties."""
   parent, order = _max_tree(g, height, width, _EIGHT)
@@ -280,7 +289,7 @@ def _largest_border(g: np.ndarray, gt: np.ndarray, height: int, width: int) -> t
   return best, undecided
 
 
-@numba.njit(cache=True, nogil=True)
+@_compiled
 def _merge(grid: np.ndarray, a: int, b: int, area: float, start: float, score: float, low: float,
            high: float) -> None:
   """Fold one (area, start, IoU, IoU range) into ``grid[:, a, b]``."""

@@ -8,9 +8,11 @@ the last extracted level bound the holes; where the bounds meet, both counts are
 borders' boxes are then bounding boxes of components (pixels above the level) and of holes
 (pixels at or below it, grown by one), read for every level from running maxima of row and
 column profiles (``_extents``). The other levels call the contour finder once, on the crop
-holding the foreground (it pads with background, so cropping changes nothing). The results
-equal the per-threshold definition (``boxes.wsol_boxes_at_level``) exactly; the tests and
-the benchmark check it.
+holding the foreground (it pads with background, so cropping changes nothing). Maps where
+that would take many contour calls or many borders (noise, speckle, saliency) are scored from
+their component trees instead (``component_tree``; the thresholds are ``TREE_*`` below). The
+results equal the per-threshold definition (``boxes.wsol_boxes_at_level``) exactly; the tests
+and the benchmark check it.
 """
 
 from __future__ import annotations
