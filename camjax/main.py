@@ -84,6 +84,13 @@ def validate_config(config: Any, *, num_devices: int | None = None, mode: str = 
     sharding.per_device_batch(t.global_batch_size, data, grad_accum_steps=t.grad_accum_steps)
     if mode != "train":
       sharding.per_device_batch(config.eval.batch_size, data, field="eval.batch_size")
+  if mode != "eval":
+    from camjax.train.checkpoint import pretrained_format
+
+    if pretrained_format(config) == "torchvision":  # a camjax checkpoint is checked when it is read
+      from camjax import weights
+
+      weights.check_pretrained_path(config.pretrained.path)
   data_sets = _data_set_names()
   if config.data.name not in data_sets:
     raise ConfigError(f"unknown data set {config.data.name!r}; set --config.data.name to one of: "

@@ -32,6 +32,13 @@ def test_invalid_configs_fail_with_what_to_change(changes, devices, needle):
   assert needle in str(info.value) and "\n" not in str(info.value)
 
 
+def test_a_missing_torchvision_file_fails_before_any_model_is_built(tmp_path):
+  missing = str(tmp_path / "vgg16-397923af.pth")
+  with pytest.raises(main.UserError, match="pretrained.path") as info:
+    main.validate_config(_tiny(**{"pretrained.path": missing}), num_devices=1)
+  assert "\n" not in str(info.value)
+
+
 def test_a_model_axis_across_processes_is_refused():
   # Two processes of one device each: a (data=1, model=2) mesh would have both read different rows
   # of what must be one replicated batch.
