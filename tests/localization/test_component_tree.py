@@ -106,3 +106,19 @@ def test_opencv_tie_order_is_checked_and_not_needed(monkeypatch):
   assert np.array_equal(with_order, without)
   for i in range(len(q)):
     assert np.array_equal(with_order[i, 0], reference(q[i], boxes[i], thresholds, False))
+
+
+def test_worker_processes_give_the_same_counts_on_noisy_maps():
+  """Workers load the compiled trees (from numba's cache or by compiling) and count the same."""
+  from camjax import localization as loc
+
+  maps, boxes = map_families.sample("blobs_speckle25", 12, 32, seed=4)
+  thresholds = np.arange(0, 1, 0.01)
+  serial = loc.WsolAccumulator(thresholds, multi_contour="both", num_workers=1)
+  serial.add(maps, boxes)
+  pool = loc.WsolAccumulator(thresholds, multi_contour="both", num_workers=2, chunk_size=3)
+  try:
+    pool.add(maps, boxes)
+  finally:
+    pool.close()
+  assert np.array_equal(pool.correct, serial.correct)
