@@ -102,6 +102,14 @@ def _bn(channels: int, dtype: Any, rngs: nnx.Rngs) -> nnx.BatchNorm:
   return nnx.BatchNorm(channels, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype, rngs=rngs)
 
 
+class ReLU6(nnx.Module):
+  """``min(max(x, 0), 6)`` as a submodule without variables, so the head's post-activation map (the one
+  global pooling reads) has a layer name ("head_act") that Grad-CAM and ``camjax.methods`` can target."""
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return jax.nn.relu6(x)
+
+
 class MBConv(nnx.Module):
   """Inverted residual: 1x1 expand (if expand > 1) -> depthwise kxk -> 1x1 project, BN after each,
   ReLU6 after the first two; identity skip (with drop-connect) when stride 1 and widths match."""
@@ -182,6 +190,7 @@ class EfficientNetLite(PooledNet):
     self.head_conv = nnx.Conv(self.stages[-1].channels_out, HEAD_CHANNELS, (1, 1), use_bias=False,
                               dtype=dtype, rngs=rngs)
     self.head_bn = _bn(HEAD_CHANNELS, dtype, rngs)
+    self.head_act = ReLU6()
     self.head = PoolingHead(HEAD_CHANNELS, num_classes, pooling=pooling, use_bias=use_bias,
                             dropout_rate=default_dropout if dropout_rate is None else dropout_rate,
                             dtype=dtype, rngs=rngs)
@@ -191,7 +200,7 @@ class EfficientNetLite(PooledNet):
     x = jax.nn.relu6(self.stem_bn(self.stem_conv(images)))
     for block in self.blocks:
       x = block(x)
-    x = jax.nn.relu6(self.head_bn(self.head_conv(x)))
+    x = self.head_act(self.head_bn(self.head_conv(x)))
     return self.head(x), x
 
 
