@@ -39,8 +39,12 @@ def _flops(compiled) -> float:
   return float((analysis or {}).get("flops", float("nan")))
 
 
-def step_throughput(name: str, *, batch: int, size: int = 224, steps: int = 3) -> dict:
-  """Images per second and FLOP/s of the train step of ``name``."""
+def build_step(name: str, *, batch: int, size: int = 224, steps: int = 3) -> dict:
+  """The compiled train step of ``name`` as ``camjax.train`` jits it, on a random batch.
+
+  Returns ``step`` (one blocking call, the state carried over), ``flops`` per step and
+  ``forward`` (one blocking jitted forward pass of the current parameters in eval mode).
+  """
   c = default.get_config()
   c.model.name = name
   c.data.name = "synthetic"
@@ -56,16 +60,31 @@ def step_throughput(name: str, *, batch: int, size: int = 224, steps: int = 3) -
   data = sharding.global_batch(mesh, {"image": rng.normal(size=(batch, size, size, 3)).astype(np.float32),
                                       "label": rng.integers(0, 1000, batch).astype(np.int32)})
   jitted = jax.jit(step_fn, in_shardings=(shardings, batch_shardings),
-                   out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+                   out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,),
+                   compiler_options=train.compiler_options(mesh))
   compiled = jitted.lower(state, data).compile()
-  flops = _flops(compiled)
   holder = {"state": state}
 
-  def one_step():
+  def one_step() -> None:
     holder["state"], metrics = compiled(holder["state"], data)
     jax.block_until_ready(metrics)
 
-  seconds = median_seconds(one_step, repeats=steps, warmup=1)
+  @jax.jit
+  def forward_fn(params, batch_stats, other, images):
+    return model_def.merge(params, batch_stats, other, train=False)(images)[0]
+
+  def forward() -> None:
+    s = holder["state"]
+    jax.block_until_ready(forward_fn(s["params"], s["batch_stats"], s["other"], data["image"]))
+
+  return {"step": one_step, "forward": forward, "flops": _flops(compiled)}
+
+
+def step_throughput(name: str, *, batch: int, size: int = 224, steps: int = 3) -> dict:
+  """Images per second and FLOP/s of the train step of ``name``."""
+  built = build_step(name, batch=batch, size=size, steps=steps)
+  flops = built["flops"]
+  seconds = median_seconds(built["step"], repeats=steps, warmup=1)
   return {"benchmark": f"train_throughput/{name}", "value": batch / seconds, "unit": "images/s",
           "batch": batch, "size": size, "devices": jax.device_count(), "step_s": round(seconds, 3),
           "flops_per_step": flops, "achieved_flops": flops / seconds}

@@ -11,6 +11,7 @@ fails with one line instead of an XLA shape error deep in the graph.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Sequence
 
@@ -47,13 +48,25 @@ def _pool_out(size: int, window: int, stride: int, padding: int, ceil_mode: bool
 
 
 def max_pool(x: jax.Array, window: int, stride: int, padding: int = 0, ceil_mode: bool = False) -> jax.Array:
-  """NHWC max pooling; padding counts as -inf (PyTorch semantics)."""
-  pads = [(0, 0)]
+  """NHWC max pooling; padding counts as -inf (PyTorch semantics).
+
+  Non-overlapping windows without padding (VGG's 2x2/2) are the maximum of ``window**2``
+  strided slices: the same values, and a backward pass of selects and pads that fuses into
+  one loop, where the gradient of ``reduce_window`` (select-and-scatter) becomes index
+  arrays and a scatter on XLA:CPU, about a fifth of a VGG16 train step there.
+  """
+  pads, outs = [(0, 0)], []
   for size in x.shape[1:3]:
     out = _pool_out(size, window, stride, padding, ceil_mode)
     hi = (out - 1) * stride + window - size - padding
     pads.append((padding, max(hi, 0)))
+    outs.append(out)
   pads.append((0, 0))
+  if window == stride and padding == 0 and all(hi <= 0 for _, hi in pads[1:3]):
+    h, w = outs
+    x = x[:, :h * stride, :w * stride]
+    slices = [x[:, i::stride, j::stride] for i in range(window) for j in range(window)]
+    return functools.reduce(jnp.maximum, slices)
   # A Python scalar init keeps reduce_window differentiable (an array init does not linearize).
   return lax.reduce_window(x, -jnp.inf, lax.max, (1, window, window, 1), (1, stride, stride, 1), pads)
 

@@ -29,11 +29,12 @@ from camjax.train.optim import (
                                      param_labels,
 )
 from camjax.train.state import COMPUTE_DTYPES, ModelDef, build_model
-from camjax.train.step import NonFiniteLossError, make_train_step, nonfinite_message
+from camjax.train.step import NonFiniteLossError, compiler_options, make_train_step, nonfinite_message
 
 __all__ = [
-    "CHECKPOINT_DIR", "COMPUTE_DTYPES", "Checkpoints", "ModelDef", "NonFiniteLossError", "TrainResult",
-    "build_model", "checkpoint_dir", "decay_mask", "find_checkpoints", "flat_paths", "init_state", "load_pretrained",
-    "make_optimizer", "make_schedule", "make_train_step", "model_from_workdir", "nonfinite_message", "param_labels",
-    "pretrained_format", "read_checkpoint_arrays", "restore_for_eval", "restore_model", "train",
+    "CHECKPOINT_DIR", "COMPUTE_DTYPES", "Checkpoints", "ModelDef", "NonFiniteLossError", "TrainResult", "build_model",
+    "checkpoint_dir", "compiler_options", "decay_mask", "find_checkpoints", "flat_paths", "init_state",
+    "load_pretrained", "make_optimizer", "make_schedule", "make_train_step", "model_from_workdir",
+    "nonfinite_message", "param_labels", "pretrained_format", "read_checkpoint_arrays", "restore_for_eval",
+    "restore_model", "train",
 ]

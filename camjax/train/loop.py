@@ -32,7 +32,7 @@ from camjax.train.checkpoint import (
 from camjax.train.metrics import MetricsWriter
 from camjax.train.optim import flat_paths, make_optimizer
 from camjax.train.state import ModelDef, build_model
-from camjax.train.step import NonFiniteLossError, make_train_step, nonfinite_message
+from camjax.train.step import NonFiniteLossError, compiler_options, make_train_step, nonfinite_message
 
 log = logging.getLogger("camjax.train")
 
@@ -149,7 +149,8 @@ def train(config: Any, workdir: str, *, devices: list | None = None) -> TrainRes
     step_fn = make_train_step(model_def, tx, schedule, config, mesh)
     batch_shardings = {"image": sharding.batch_sharding(mesh), "label": sharding.batch_sharding(mesh)}
     train_step = jax.jit(step_fn, in_shardings=(shardings, batch_shardings),
-                         out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,))
+                         out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,),
+                         compiler_options=compiler_options(mesh))
 
     # Records past ``start`` come from a run that went further before it stopped: this run writes them again.
     writer = closing.enter_context(MetricsWriter(workdir, enabled=is_main, resume_step=start))

@@ -217,6 +217,20 @@ def test_pool_helpers_match_torch():
   np.testing.assert_array_equal(flat, tx.reshape(2, -1).numpy())
 
 
+def test_non_overlapping_max_pool_matches_torch_in_values_and_gradients():
+  """VGG's 2x2/2 pool takes the strided-slice path (odd sides are cropped, as torch's floor mode does)."""
+  torch = pytest.importorskip("torch")
+  x = np.random.default_rng(0).normal(size=(2, 13, 11, 3)).astype(np.float32)
+  tx = torch.from_numpy(x).permute(0, 3, 1, 2).requires_grad_(True)
+  ref = torch.nn.functional.max_pool2d(tx, 2, 2)
+  weights = np.random.default_rng(1).normal(size=ref.shape).astype(np.float32)
+  (ref * torch.from_numpy(weights)).sum().backward()
+  y, vjp = jax.vjp(lambda v: layers.max_pool(v, 2, 2), jnp.asarray(x))
+  np.testing.assert_array_equal(np.asarray(y), ref.detach().permute(0, 2, 3, 1).numpy())
+  (grad,) = vjp(jnp.asarray(weights.transpose(0, 2, 3, 1)))
+  np.testing.assert_array_equal(np.asarray(grad), tx.grad.permute(0, 2, 3, 1).numpy())
+
+
 def test_gmp_and_gap_share_params_and_differ_in_output():
   images = jnp.asarray(np.random.default_rng(1).uniform(size=(2, 64, 64, 3)), jnp.float32)
   gap = models.create("alexnet_gap", num_classes=5, pooling="gap", width_mult=1 / 16, use_bias=True)
