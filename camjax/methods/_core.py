@@ -123,7 +123,7 @@ def layer_names(model: nnx.Module, image_size: int | None = None, channels: int 
 
 
 def _summary(names: Sequence[str], limit: int = 30) -> str:
-  """Names with one numeric part collapsed ("blocks/0..15/bn1"), at most ``limit`` groups: one readable line."""
+  """Names with one numeric part collapsed ("blocks/{0..15}/bn1"), at most ``limit`` groups: one readable line."""
   groups: dict[str, list[int]] = {}
   for name in names:
     parts = name.split("/")
@@ -139,7 +139,7 @@ def _summary(names: Sequence[str], limit: int = 30) -> str:
       continue
     ids = sorted(set(ids))
     contiguous = len(ids) > 2 and ids == list(range(ids[0], ids[-1] + 1))
-    out.append(pattern.format(f"{ids[0]}..{ids[-1]}" if contiguous else ",".join(map(str, ids))))
+    out.append(pattern.format("{" + (f"{ids[0]}..{ids[-1]}" if contiguous else ",".join(map(str, ids))) + "}"))
   more = f" ... ({len(out) - limit} more)" if len(out) > limit else ""
   return ", ".join(out[:limit]) + more
 
