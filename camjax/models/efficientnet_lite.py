@@ -26,6 +26,7 @@ from flax import nnx
 
 from camjax.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from camjax.models.base import PoolingHead, check_pooling
+from camjax.models.conv import Conv
 from camjax.models.heads import PooledNet
 from camjax.models.layers import check_images
 from camjax.models.registry import register
@@ -117,12 +118,12 @@ class MBConv(nnx.Module):
   def __init__(self, cin: int, cout: int, *, kernel: int, stride: int, expand: int,
                drop_connect_rate: float, dtype: Any, rngs: nnx.Rngs):
     mid = cin * expand
-    self.expand_conv = nnx.Conv(cin, mid, (1, 1), use_bias=False, dtype=dtype, rngs=rngs) if expand != 1 else None
+    self.expand_conv = Conv(cin, mid, (1, 1), use_bias=False, dtype=dtype, rngs=rngs) if expand != 1 else None
     self.bn0 = _bn(mid, dtype, rngs) if expand != 1 else None
-    self.depthwise_conv = nnx.Conv(mid, mid, (kernel, kernel), strides=stride, padding="SAME",
-                                   feature_group_count=mid, use_bias=False, dtype=dtype, rngs=rngs)
+    self.depthwise_conv = Conv(mid, mid, (kernel, kernel), strides=stride, padding="SAME",
+                               feature_group_count=mid, use_bias=False, dtype=dtype, rngs=rngs)
     self.bn1 = _bn(mid, dtype, rngs)
-    self.project_conv = nnx.Conv(mid, cout, (1, 1), use_bias=False, dtype=dtype, rngs=rngs)
+    self.project_conv = Conv(mid, cout, (1, 1), use_bias=False, dtype=dtype, rngs=rngs)
     self.bn2 = _bn(cout, dtype, rngs)
     self.residual = stride == 1 and cin == cout
     # Per-example drop of the residual branch (stochastic depth), training only.
@@ -175,8 +176,8 @@ class EfficientNetLite(PooledNet):
     self.num_classes = num_classes
     self.resolution = resolution
     self.stages = tuple(scaled_stages(width, depth))  # hashable: graphdefs are static jit arguments
-    self.stem_conv = nnx.Conv(in_channels, STEM_CHANNELS, (3, 3), strides=2, padding="SAME", use_bias=False,
-                              dtype=dtype, rngs=rngs)
+    self.stem_conv = Conv(in_channels, STEM_CHANNELS, (3, 3), strides=2, padding="SAME", use_bias=False,
+                          dtype=dtype, rngs=rngs)
     self.stem_bn = _bn(STEM_CHANNELS, dtype, rngs)
     total = sum(s.repeats for s in self.stages)
     blocks = []
@@ -187,8 +188,8 @@ class EfficientNetLite(PooledNet):
             kernel=stage.kernel, stride=stage.stride if r == 0 else 1, expand=stage.expand,
             drop_connect_rate=drop_connect_rate * len(blocks) / total, dtype=dtype, rngs=rngs))
     self.blocks = nnx.List(blocks)
-    self.head_conv = nnx.Conv(self.stages[-1].channels_out, HEAD_CHANNELS, (1, 1), use_bias=False,
-                              dtype=dtype, rngs=rngs)
+    self.head_conv = Conv(self.stages[-1].channels_out, HEAD_CHANNELS, (1, 1), use_bias=False,
+                          dtype=dtype, rngs=rngs)
     self.head_bn = _bn(HEAD_CHANNELS, dtype, rngs)
     self.head_act = ReLU6()
     self.head = PoolingHead(HEAD_CHANNELS, num_classes, pooling=pooling, use_bias=use_bias,
