@@ -72,6 +72,12 @@ def test_pointwise_dot_equals_1x1_convolution(shape):
                                                       precision=lax.Precision.HIGHEST)
   assert "convolution" not in jax.jit(dispatched).lower(x, k).as_text()
   _assert_same_values_and_grads(dispatched, plain, x, k)
+  # Its derivative is the convolution's, in forward mode too.
+  tangents = _arrays(shape, (1, 1, shape[-1], 12), seed=2)
+  np.testing.assert_allclose(jax.jvp(dispatched, (x, k), tangents)[1], jax.jvp(plain, (x, k), tangents)[1],
+                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(jax.jvp(lambda x: dispatched(x, k), (x,), tangents[:1])[1],
+                             jax.jvp(lambda x: plain(x, k), (x,), tangents[:1])[1], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("kernel_shape,strides,padding,groups,lhs_dilation,rhs_dilation,want", [
