@@ -80,12 +80,25 @@ def test_pointwise_dot_equals_1x1_convolution(shape):
                              jax.jvp(lambda x: plain(x, k), (x,), tangents[:1])[1], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kernel,stride,size,padding", [(3, 2, 9, "SAME"), (3, 1, 8, ((1, 1), (1, 1))),
+                                                        (7, 2, 12, ((3, 3), (3, 3))), (11, 4, 23, "VALID")])
+def test_patches_dot_equals_stem_convolution(kernel, stride, size, padding):
+  x, k = _arrays((2, size, size + 2, 3), (kernel, kernel, 3, 8), seed=3)
+  strides = (stride, stride)
+  plain = lambda x, k: _plain(x, k, strides, padding)  # noqa: E731
+  dispatched = lambda x, k: conv.conv_general_dilated(x, k, strides, padding, dimension_numbers=NHWC,  # noqa: E731
+                                                      precision=lax.Precision.HIGHEST)
+  assert "convolution" not in jax.jit(dispatched).lower(x, k).as_text()
+  _assert_same_values_and_grads(dispatched, plain, x, k)
+
+
 @pytest.mark.parametrize("kernel_shape,strides,padding,groups,lhs_dilation,rhs_dilation,want", [
     ((3, 3, 1, 8), (1, 1), "SAME", 8, None, None, "depthwise"),
     ((5, 5, 1, 8), (2, 2), "SAME", 8, (1, 1), (1, 1), "depthwise"),
     ((1, 1, 8, 4), (1, 1), "VALID", 1, None, None, "pointwise"),
     ((1, 1, 8, 4), (1, 1), ((0, 0), (0, 0)), 1, None, None, "pointwise"),
-    ((3, 3, 8, 4), (1, 1), "SAME", 1, None, None, None),  # a dense 3x3 stays a convolution
+    ((3, 3, 8, 4), (1, 1), "SAME", 1, None, None, None),  # a dense 3x3 of 8 channels stays a convolution
+    ((3, 3, 3, 4), (2, 2), "SAME", 1, None, None, "patches"),  # an RGB stem
     ((1, 1, 8, 4), (2, 2), "SAME", 1, None, None, None),  # strided 1x1
     ((1, 1, 8, 4), (1, 1), ((1, 1), (1, 1)), 1, None, None, None),  # padded 1x1
     ((3, 3, 2, 8), (1, 1), "SAME", 4, None, None, None),  # grouped, not depthwise
@@ -95,7 +108,8 @@ def test_pointwise_dot_equals_1x1_convolution(shape):
 ])
 def test_cpu_form_only_for_depthwise_and_pointwise(kernel_shape, strides, padding, groups, lhs_dilation,
                                                    rhs_dilation, want):
-  form = conv.cpu_form((2, 9, 9, 8), kernel_shape, strides, padding, lhs_dilation, rhs_dilation, NHWC, groups, 1)
+  channels = kernel_shape[2] * groups
+  form = conv.cpu_form((2, 9, 9, channels), kernel_shape, strides, padding, lhs_dilation, rhs_dilation, NHWC, groups, 1)
   assert (form and form[0]) == want
 
 
