@@ -54,7 +54,8 @@ def nonfinite_message(metrics: dict, param_paths: list[str], stats_paths: list[s
 
 # XLA:CPU hands convolutions to YNNPACK by default; its weight-gradient convolutions run at a
 # fifth of the speed of XLA's own (Eigen) ones, which made them most of a VGG16 train step.
-# The step keeps YNNPACK for dots, reductions and elementwise fusions only.
+# The step keeps YNNPACK for dots and reductions only (its elementwise fusions are no faster
+# here and let a NaN through a ReLU that XLA's own code propagates).
 _CPU_COMPILER_OPTIONS = {
     "xla_cpu_experimental_ynn_fusion_type":
         "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE",
