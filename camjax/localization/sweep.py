@@ -385,7 +385,7 @@ class _Complex(Exception):
 # of pixels, or when one call finds more than TREE_CONTOURS borders (each costs Python work): a
 # few contour calls on a smooth map are cheaper than building trees, many on a noisy one are not.
 TREE_MAXIMA = 64
-TREE_CONTOUR_PIXELS = 6
+TREE_CONTOUR_PIXELS = 16
 TREE_CONTOURS = 256
 
 
