@@ -11,7 +11,8 @@ batch 8 and 224 px (images/s, median of repeated calls after warm-up):
   one thread, channels-last) forward of the ``efficientnet-lite-pytorch`` model with the
   ImageNet weights, and forward + top-1 CAM with ``torchcam``'s ``CAM`` (by hand from the
   head features and the fc weights when torchcam is not installed; the row says which);
-- the train step ``camjax.train`` runs (forward, backward, SGD), fast and plain convolutions.
+- the train step ``camjax.train`` runs (forward, backward, SGD), fast and plain convolutions,
+  and a PyTorch train step on the same network (SGD with momentum, channels-last).
 
 Goal: camjax forward + CAM at least as fast as PyTorch + torchcam on CPU; the ratio rows
 divide by the fastest PyTorch row.
@@ -152,6 +153,26 @@ def torch_rows(*, batch: int, size: int, repeats: int) -> list[dict]:
   return rows
 
 
+def torch_train_row(*, batch: int, size: int, repeats: int) -> dict:
+  """Images/s of a PyTorch train step on the same network: cross-entropy, backward, SGD with momentum 0.9
+  (channels-last, every core; the reference model in train mode, as camjax's step trains BatchNorm)."""
+  import torch
+
+  net = _torch_model(torch).train().to(memory_format=torch.channels_last)
+  x = torch.from_numpy(_images(batch, size).transpose(0, 3, 1, 2).copy()).contiguous(memory_format=torch.channels_last)
+  y = torch.from_numpy(np.random.default_rng(1).integers(0, 1000, batch))
+  opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+
+  def one_step() -> None:
+    opt.zero_grad(set_to_none=True)
+    torch.nn.functional.cross_entropy(net(x), y).backward()
+    opt.step()
+
+  seconds = median_seconds(one_step, repeats=repeats)
+  return _row("torch_channels_last/train_step", seconds, batch, size, threads=torch.get_num_threads(),
+              torch=torch.__version__)
+
+
 def train_step_row(*, batch: int, size: int, repeats: int, plain: bool) -> dict:
   """Images/s of the step ``camjax.train`` jits (forward, backward, SGD) for EfficientNet-Lite0."""
   from camjax import train
@@ -206,12 +227,18 @@ def run(*, batch: int = 8, size: int = 224, repeats: int = 5, plain: bool = True
     rows.append({"benchmark": "efficientnet/torch", "value": float("nan"), "unit": "images/s", "error": str(e)})
   if train:
     rows.append(train_step_row(batch=batch, size=size, repeats=3, plain=False))
+    try:
+      rows.append(torch_train_row(batch=batch, size=size, repeats=3))
+    except ImportError as e:
+      rows.append({"benchmark": "efficientnet/torch_channels_last/train_step", "value": float("nan"),
+                   "unit": "images/s", "error": str(e)})
     if plain:
       rows.append(train_step_row(batch=batch, size=size, repeats=2, plain=True))
   for ours, theirs in (("camjax/forward_cam", "torch_*/forward_cam"),
                        ("camjax/forward", "torch_*/forward"),
                        ("camjax/forward_cam", "camjax_plain_conv/forward_cam"),
-                       ("camjax/train_step", "camjax_plain_conv/train_step")):
+                       ("camjax/train_step", "camjax_plain_conv/train_step"),
+                       ("camjax/train_step", "torch_channels_last/train_step")):
     rows.append(_ratio(rows, ours, theirs))
   return rows
 
