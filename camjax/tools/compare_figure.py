@@ -1,0 +1,146 @@
+"""What ``python -m camjax.methods compare`` writes besides the JSON: the markdown table and the figure.
+
+The figure has one row per image and one column per method (after the input):
+each map over the image, the ground-truth boxes in green and the method's
+predicted box in red. The table has one row per method, the localization
+columns first (percent, higher is better), then faithfulness (arrows give the
+better direction), then the time per image.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+OUTPUTS = ("methods.md", "methods.json", "methods.png")
+DISPLAY_NAMES = {
+    "grad_cam": "Grad-CAM", "grad_cam_plus_plus": "Grad-CAM++", "smooth_grad_cam_plus_plus": "Smooth Grad-CAM++",
+    "xgrad_cam": "XGrad-CAM", "hires_cam": "HiResCAM", "grad_cam_elementwise": "Grad-CAM elementwise",
+    "layer_cam": "LayerCAM", "eigen_grad_cam": "EigenGrad-CAM", "score_cam": "Score-CAM", "ss_cam": "SS-CAM",
+    "is_cam": "IS-CAM", "ablation_cam": "Ablation-CAM", "eigen_cam": "Eigen-CAM", "backprop_saliency": "Saliency",
+    "smooth_grad": "SmoothGrad", "integrated_gradients": "Integrated Grad."}
+LOCALIZATION_COLUMNS = (("MaxBoxAcc", "MaxBoxAcc"), ("MaxBoxAccV2", "MaxBoxAccV2"), ("PxAP", "PxAP"),
+                        ("gt_known_loc", "GT-known loc"))
+# Better direction of each faithfulness score: drops in confidence and in the MoRF curve are better low.
+FAITHFULNESS_COLUMNS = {"average_drop": "Avg drop ↓", "average_increase": "Avg increase ↑",
+                        "deletion_auc": "Deletion ↓", "insertion_auc": "Insertion ↑", "road_morf": "ROAD MoRF ↓",
+                        "road_lerf": "ROAD LeRF ↑", "road_combined": "ROAD ↑"}
+
+
+def _cell(value: Any, digits: int) -> str:
+  return "–" if value is None else f"{value:.{digits}f}"
+
+
+def markdown_table(results: dict) -> str:
+  """One row per method: layer, localization (%), faithfulness, ms per image for the maps."""
+  rows = results["methods"]
+  loc = [(k, t) for k, t in LOCALIZATION_COLUMNS if any(k in r.get("localization", {}) for r in rows.values())]
+  faith = [m for m in results.get("faithfulness_metrics", ()) if any(m in r.get("faithfulness", {})
+                                                                       for r in rows.values())]
+  header = ["method", "layer"] + [t for _, t in loc] + [FAITHFULNESS_COLUMNS.get(m, m) for m in faith]
+  header += ["ms / image"]
+  lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * (len(header) - 2)]
+  for name, r in rows.items():
+    cells = [f"`{name}`", f"`{r['layer']}`" if r["layer"] else "input"]
+    cells += [_cell(r.get("localization", {}).get(k), 1) for k, _ in loc]
+    cells += [_cell(r.get("faithfulness", {}).get(m), 3) for m in faith]
+    cells.append(_cell(1000.0 * r["seconds_per_image"], 1))
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def markdown(results: dict) -> str:
+  """The file ``methods.md``: what was compared, then the table."""
+  return f"# {results['title']}\n\n{results['description']}\n\n{markdown_table(results)}\n"
+
+
+def display_image(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+  """A model-input image (normalized) back to uint8 RGB."""
+  x = np.asarray(image, np.float32) * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
+  return np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
+
+
+def _scaled(boxes: Any, scale: float) -> np.ndarray:
+  """Inclusive pixel boxes of an image scaled by ``scale`` (a tile of another size)."""
+  b = np.asarray(boxes, np.float64).reshape(-1, 4)
+  return np.round(np.stack([b[:, 0] * scale, b[:, 1] * scale, (b[:, 2] + 1) * scale - 1,
+                            (b[:, 3] + 1) * scale - 1], axis=1))
+
+
+def _iou_caption(box: np.ndarray | None, gt: np.ndarray | None) -> str:
+  from camjax.localization import iou
+
+  if gt is None or not len(gt):
+    return ""
+  if box is None or not len(box):
+    return " IoU 0"
+  return f" IoU {float(iou(box, gt).max()):.2f}"
+
+
+def figure(images: Sequence[np.ndarray], captions: Sequence[str], maps: dict[str, np.ndarray],
+           pred_boxes: dict[str, list], gt_boxes: Sequence[np.ndarray | None] | None = None, *,
+           tile: int = 128, alpha: float = 0.5) -> np.ndarray:
+  """Rows = images, columns = input + methods; ``maps[name]`` is (N, H, W) at the images' resolution."""
+  from PIL import Image
+
+  from camjax.report import figures as viz
+
+  tiles, texts = [], []
+  for i, image in enumerate(images):
+    scale = tile / max(image.shape[:2])
+    size = (max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale)))
+    small = np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
+    gt = None if gt_boxes is None else gt_boxes[i]
+
+    def boxed(t: np.ndarray, box: Any = None) -> np.ndarray:
+      if gt is not None and len(gt):
+        t = viz.draw_boxes(t, _scaled(gt, scale), color=viz.GT_COLOR, width=2)
+      if box is not None and len(box):
+        t = viz.draw_boxes(t, _scaled(box, scale), color=viz.PRED_COLOR, width=2)
+      return t
+
+    tiles.append(boxed(small))
+    texts.append(captions[i])
+    for name, stack in maps.items():
+      box = pred_boxes[name][i]
+      tiles.append(boxed(viz.overlay(small, stack[i], alpha=alpha), box))
+      texts.append(DISPLAY_NAMES.get(name, name) + _iou_caption(box, gt))
+  return viz.image_grid(tiles, ncols=len(maps) + 1, captions=texts, font_size=12)
+
+
+def write_outputs(results: dict, picture: np.ndarray | None, output: str) -> list[str]:
+  """methods.md, methods.json and methods.png, each first to a temporary file, then all renamed."""
+  import json
+  import tempfile
+
+  from camjax.report import figures as viz
+
+  temps = []
+  try:
+    for name in OUTPUTS:
+      fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=output)
+      os.close(fd)
+      temps.append(tmp)
+      if name.endswith(".md"):
+        with open(tmp, "w", encoding="utf-8") as f:
+          f.write(markdown(results))
+      elif name.endswith(".json"):
+        with open(tmp, "w", encoding="utf-8") as f:
+          json.dump(results, f, indent=2, default=float)
+          f.write("\n")
+      elif picture is not None:
+        viz.save_png(picture, tmp)
+    paths = []
+    for tmp, name in zip(temps, OUTPUTS):
+      if name.endswith(".png") and picture is None:
+        continue
+      os.chmod(tmp, 0o644)
+      os.replace(tmp, os.path.join(output, name))
+      paths.append(os.path.join(output, name))
+    return paths
+  finally:
+    for tmp in temps:
+      if os.path.exists(tmp):
+        os.remove(tmp)
