@@ -144,3 +144,45 @@ def write_outputs(results: dict, picture: np.ndarray | None, output: str) -> lis
     for tmp in temps:
       if os.path.exists(tmp):
         os.remove(tmp)
+
+
+def description(images: Any, layer: str, target: str, rows: dict) -> str:
+  text = (f"Maps of the {target}: CAM methods at `{layer}` (the map global pooling reads), attribution methods "
+          "at the input pixels.")
+  if images.protocol:
+    p = images.protocol
+    text += (" Localization in percent, higher is better: MaxBoxAcc (IoU 50, largest box) and MaxBoxAccV2 (mean "
+             f"over IoU {'/'.join(map(str, p['iou_thresholds']))}, all boxes) at the best of "
+             f"{len(p['cam_thresholds'])} CAM thresholds (Choe et al. 2020), PxAP where the data set has masks, "
+             f"GT-known localization of the CAM paper (box at {p['paper_threshold']:g} of the map's maximum, "
+             "IoU >= 0.5).")
+  if any("faithfulness" in r for r in rows.values()):
+    text += " Faithfulness: mean over images of `camjax.methods.faithfulness` (arrows: the better direction)."
+  return text + " ms / image: the maps alone, after one compile per method."
+
+
+def figure_data(images: Any, rows: dict, keep: dict) -> dict | None:
+  """Arguments of ``compare_figure.figure``: the kept images, their captions, maps and boxes."""
+  from camjax import localization
+
+  if not keep["rows"] or not rows:
+    return None
+  n = len(keep["rows"])
+  names = images.class_names
+
+  def class_name(c: int) -> str:
+    return names[c].split(",")[0] if names is not None and c < len(names) else f"class {c}"
+
+  captions = [f"{r['name']}: {class_name(r['class'])}" if r["name"] else class_name(r["class"]) for r in keep["rows"]]
+  maps = {name: np.stack(keep["maps"][name][:n]) for name in rows}
+  boxes: dict[str, list] = {}
+  for name, stack in maps.items():
+    threshold = rows[name].get("localization", {}).get("v1/best_threshold@50")
+    if threshold is None:  # no ground truth: the CAM paper's box at 20% of the maximum
+      boxes[name] = [localization.boxes_from_cam(m, 0.2, protocol="paper") for m in stack]
+    else:  # the box MaxBoxAcc scored: the largest contour at the method's best threshold
+      boxes[name] = [localization.boxes_from_cam(localization.min_max(m), threshold, protocol="wsol")
+                     for m in stack]
+  gt = [r["boxes"] for r in keep["rows"]] if images.protocol else None
+  return {"images": [r["image"] for r in keep["rows"]], "captions": captions, "maps": maps, "pred_boxes": boxes,
+          "gt_boxes": gt}

@@ -14,7 +14,7 @@ from PIL import Image
 import tiny_config
 from camjax import localization, methods
 from camjax.methods import __main__ as methods_main
-from camjax.tools import compare_figure, compare_methods
+from camjax.tools import compare_figure, compare_methods, compare_scoring
 from camjax.train import checkpoint, data as train_data
 
 FIXTURE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "run_before_move")
@@ -116,11 +116,11 @@ def test_pxap_where_the_batches_have_masks(model, config):
         mask[i, box[1]:box[3] + 1, box[0]:box[2] + 1] = 1
       yield {**batch, "mask": mask}
 
-  images = compare_methods.Images.from_config(config, model)
-  images = compare_methods.Images(model, batches, EXAMPLES, images.image_size, images.mean, images.std, "masked",
+  images = compare_scoring.Images.from_config(config, model)
+  images = compare_scoring.Images(model, batches, EXAMPLES, images.image_size, images.mean, images.std, "masked",
                                   protocol=images.protocol)
-  settings = compare_methods.Settings(methods=["grad_cam"], faithfulness=False, figure_images=2, progress=False)
-  results, figure = compare_methods.compare(images, settings)
+  settings = compare_scoring.Settings(methods=["grad_cam"], faithfulness=False, figure_images=2, progress=False)
+  results, figure = compare_scoring.compare(images, settings)
   want, maps = _reference(model, config, "grad_cam", masks=True)
   assert results["methods"]["grad_cam"]["localization"]["PxAP"] == pytest.approx(want["PxAP"], abs=1e-9)
   np.testing.assert_array_equal(figure["maps"]["grad_cam"], maps[:2])
@@ -131,10 +131,10 @@ def test_pxap_where_the_batches_have_masks(model, config):
 def test_faithfulness_columns_are_the_mean_of_faithfulness_score(model, config):
   from camjax.methods import faithfulness
 
-  images = compare_methods.Images.from_config(config, model)
-  settings = compare_methods.Settings(methods=["grad_cam"], figure_images=0, progress=False,
+  images = compare_scoring.Images.from_config(config, model)
+  settings = compare_scoring.Settings(methods=["grad_cam"], figure_images=0, progress=False,
                                       options={"faithfulness": {"steps": 4}})
-  results, _ = compare_methods.compare(images, settings)
+  results, _ = compare_scoring.compare(images, settings)
   row = results["methods"]["grad_cam"]
   _, maps = _reference(model, config, "grad_cam")
   sums, n = {}, 0
