@@ -48,8 +48,9 @@ def model(config, workdir):
 @pytest.fixture(scope="module")
 def compared(workdir):
   """One run of the command: four methods (Score-CAM four masked passes at a time) on 16 images."""
+  faithfulness = "--option=faithfulness.steps=4" if HAS_FAITHFULNESS else "--no_faithfulness"
   code = methods_main.entry(["camjax.methods", "compare", f"--config={CONFIG}", f"--workdir={workdir}",
-                             f"--methods={','.join(METHODS)}", f"--max_examples={EXAMPLES}", "--no_faithfulness",
+                             f"--methods={','.join(METHODS)}", f"--max_examples={EXAMPLES}", faithfulness,
                              "--option=score_cam.chunk_size=4", "--no_progress"])
   assert code == 0
   out = os.path.join(workdir, "methods")
@@ -128,28 +129,27 @@ def test_pxap_where_the_batches_have_masks(model, config):
 
 
 @pytest.mark.skipif(not HAS_FAITHFULNESS, reason="camjax.methods.faithfulness has not landed yet")
-def test_faithfulness_columns_are_the_mean_of_faithfulness_score(model, config):
+@pytest.mark.parametrize("name", ["grad_cam", "score_cam"])
+def test_faithfulness_columns_are_the_mean_of_faithfulness_score(compared, model, config, name):
   from camjax.methods import faithfulness
 
-  images = compare_scoring.Images.from_config(config, model)
-  settings = compare_scoring.Settings(methods=["grad_cam"], figure_images=0, progress=False,
-                                      options={"faithfulness": {"steps": 4}})
-  results, _ = compare_scoring.compare(images, settings)
-  row = results["methods"]["grad_cam"]
-  _, maps = _reference(model, config, "grad_cam")
-  sums, n = {}, 0
+  out, results = compared
+  _, maps = _reference(model, config, name)
+  sums, start = {}, 0
   for batch in train_data.eval_batches(config, process_index=0, process_count=1):
     valid = np.asarray(batch["valid"], bool)
     x, ids = jnp.asarray(batch["image"]), jnp.asarray(batch["label"])[:, None]
-    m, _ = methods.grad_cam(model, x, layer=LAYER, class_ids=ids, upsample=True)
-    scores = faithfulness.score(model, x, m, ids, steps=4, key=jax.random.key(0))
-    for k, v in scores.items():
+    m = np.zeros((len(valid), 1) + maps.shape[1:], np.float32)
+    m[valid, 0] = maps[start:start + valid.sum()]
+    start += int(valid.sum())
+    for k, v in faithfulness.score(model, x, m, ids, steps=4, key=jax.random.key(0)).items():
       sums[k] = sums.get(k, 0.0) + float(np.asarray(v)[valid, 0].sum())
-    n += int(valid.sum())
-  assert set(row["faithfulness"]) == set(faithfulness.METRICS)
+  row = results["methods"][name]
+  assert set(row["faithfulness"]) == set(faithfulness.METRICS) and row["faithfulness_seconds_per_image"] > 0
   for k, v in sums.items():
-    assert row["faithfulness"][k] == pytest.approx(v / n, rel=1e-6, abs=1e-9), k
-  assert "Deletion" in compare_figure.markdown_table(results)
+    assert row["faithfulness"][k] == pytest.approx(v / EXAMPLES, rel=1e-5, abs=1e-7), k
+  header = next(line for line in open(os.path.join(out, "methods.md")) if line.startswith("| method"))
+  assert "Deletion ↓" in header and "ROAD ↑" in header
 
 
 def test_a_failed_write_leaves_the_earlier_files(compared, workdir, monkeypatch):
