@@ -1,0 +1,581 @@
+"""Faithfulness of saliency maps: does the model's confidence follow the pixels a map calls relevant?
+
+    scores = score(model, images, maps, class_ids=None)   # {metric: (B, K) float32}
+
+``images`` (B, H, W, C) in model-input space (what the model is called on),
+``maps`` (B, K, H, W) at the image's resolution (``upsample=True`` of the
+methods), ``class_ids`` None (top-1 of the model on ``images``), (B,) or
+(B, K) as for the methods. Every metric is per image and target; the number a
+paper or library reports for a data set is the mean over images. The model is
+any ``nnx.Module`` whose ``__call__(images)`` returns ``(logits, aux)``; it runs
+in eval mode.
+
+The "confidence" is the softmax probability of the class
+(``confidence="probability"``, the papers' choice) or its logit
+(``confidence="logit"``, pytorch-grad-cam's ``ClassifierOutputTarget`` and
+torch-cam's default ``logits_fn=None``).
+
+* ``confidence_change``: Average Drop and Increase in Confidence (Grad-CAM++).
+* ``deletion_insertion``: deletion and insertion AUC (RISE).
+* ``road``: ROAD with noisy linear imputation, MoRF, LeRF and combined.
+* ``score``: any of ``METRICS``, calling the three above.
+
+Every perturbed image of every image, target and step runs through the model
+as batched forward passes, ``chunk_size`` inputs at a time (``lax.map``), inside
+one ``jax.jit`` per family, shape and option set; results do not depend on
+``chunk_size`` (beyond float rounding). ``linear_imputation`` (ROAD's infilling) is public too.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from camjax.errors import UserError
+from camjax.methods._core import (
+    HIGHEST, Net, check_ids, check_images, choice, chunked, normalize_maps, positive, resolve_ids, take_scores)
+
+METRICS = ("average_drop", "average_increase", "deletion_auc", "insertion_auc", "road_morf", "road_lerf",
+           "road_combined")
+CONFIDENCES = ("probability", "logit")
+ROAD_PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
+# ROAD's noisy linear imputation (Rong et al. 2022, and pytorch-grad-cam's copy of the authors' code): an
+# imputed pixel is the weighted mean of its 8 neighbours inside the image, 1/6 for the 4 direct ones, 1/12
+# for the 4 diagonal ones; (row, column) offsets.
+NEIGHBOUR_WEIGHTS = (((1, 1), 1 / 12), ((0, 1), 1 / 6), ((-1, 1), 1 / 12), ((1, -1), 1 / 12), ((0, -1), 1 / 6),
+                     ((-1, -1), 1 / 12), ((1, 0), 1 / 6), ((-1, 0), 1 / 6))
+FAMILY_OF = {"average_drop": "confidence_change", "average_increase": "confidence_change",
+             "deletion_auc": "deletion_insertion", "insertion_auc": "deletion_insertion",
+             "road_morf": "road", "road_lerf": "road", "road_combined": "road"}
+
+
+# ---------------------------------------------------------------------------------------------- shared parts
+
+
+def _pick(logits: jax.Array, ids: jax.Array, confidence: str) -> jax.Array:
+  """logits (n, N), ids (n,) -> (n,) float32 confidence of each row's class."""
+  out = jax.nn.softmax(logits, axis=-1) if confidence == "probability" else logits
+  return jnp.take_along_axis(out, ids[:, None], axis=1)[:, 0].astype(jnp.float32)
+
+
+def _reference(net: Net, images: jax.Array, class_ids: jax.Array | None, confidence: str):
+  """One forward pass on the unperturbed images -> targets (B, K) and their confidence (B, K)."""
+  logits = net(images)[0]
+  ids = resolve_ids(class_ids, logits)
+  out = jax.nn.softmax(logits, axis=-1) if confidence == "probability" else logits
+  return ids, take_scores(out, ids).astype(jnp.float32)
+
+
+def _decode(idx: jax.Array, sizes: Sequence[int]) -> list[jax.Array]:
+  """Flat job indices -> one index per axis of ``sizes`` (row-major, the last axis fastest)."""
+  out = []
+  for size in reversed(sizes):
+    out.append(idx % size)
+    idx = idx // size
+  return out[::-1]
+
+
+_FAMILIES: dict[str, Any] = {}
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "family", "options"))
+def _run(graphdef, state, images, maps, class_ids, key, extra, *, family: str, options: tuple):
+  return _FAMILIES[family](Net(graphdef, state, ()), images, maps, class_ids, key, extra, **dict(options))
+
+
+def _static(value: Any) -> Any:
+  if isinstance(value, (list, tuple)):
+    return tuple(_static(v) for v in value)
+  if isinstance(value, (np.generic,)):
+    return value.item()
+  return value
+
+
+def _call(family: str, model: nnx.Module, images: Any, maps: Any, class_ids: Any, *, key: jax.Array | None = None,
+          extra: Any = None, **options) -> dict[str, jax.Array]:
+  """Check the inputs outside jit (one-line ``UserError``s, no wasted compile) and run the family's jitted core."""
+  images, maps, ids = check_inputs(images, maps, class_ids)
+  graphdef, state = nnx.split(model)
+  if key is None:
+    key = jax.random.key(0)
+  return _run(graphdef, state, images, maps, ids, key, extra, family=family,
+              options=tuple(sorted((k, _static(v)) for k, v in options.items())))
+
+
+def check_inputs(images: Any, maps: Any, class_ids: Any) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+  """images (B, H, W, C), maps (B, K, H, W) float32, class ids None or (B, K) int32; else one-line ``UserError``."""
+  images = check_images(images)
+  ids = check_ids(images, class_ids)
+  maps = jnp.asarray(maps)
+  batch, height, width = images.shape[:3]
+  targets = 1 if ids is None else ids.shape[1]
+  if maps.ndim != 4 or maps.shape[0] != batch or maps.shape[2:] != (height, width):
+    raise UserError(f"maps must be (B, K, H, W) = ({batch}, K, {height}, {width}) for images of shape "
+                    f"{tuple(images.shape)} (resize maps to the image first, e.g. upsample=True), "
+                    f"got shape {tuple(maps.shape)}")
+  if maps.shape[1] != targets:
+    what = "class_ids is None (top-1: one target)" if ids is None else f"class_ids has K={targets}"
+    raise UserError(f"maps have K={maps.shape[1]} targets but {what}; give one map per target")
+  if not jnp.issubdtype(maps.dtype, jnp.floating) and not jnp.issubdtype(maps.dtype, jnp.integer):
+    raise UserError(f"maps must be real numbers, got dtype {maps.dtype}")
+  return images, maps.astype(jnp.float32), ids
+
+
+def _confidence_option(confidence: str) -> str:
+  return choice("confidence", confidence, CONFIDENCES)
+
+
+def _number(name: str, value: Any, low: float = -math.inf, *, open_low: bool = False) -> float:
+  try:
+    out = float(value)
+  except (TypeError, ValueError):
+    raise UserError(f"{name} must be a number, got {value!r}") from None
+  if not math.isfinite(out) or out < low or (open_low and out == low):
+    bound = f"> {low:g}" if open_low else f">= {low:g}"
+    raise UserError(f"{name} must be a finite number {bound}, got {value!r}")
+  return out
+
+
+# ------------------------------------------------------------------------------------- confidence change
+
+
+def _confidence_change(net, images, maps, class_ids, key, extra, *, chunk_size, confidence, relative, eps,
+                       normalize):
+  ids, y = _reference(net, images, class_ids, confidence)
+  batch, targets = ids.shape
+  masks = normalize_maps(maps) if normalize else maps
+
+  def scores(idx):
+    b, k = _decode(idx, (batch, targets))
+    masked = images[b] * masks[b, k][..., None].astype(images.dtype)
+    return _pick(net(masked)[0], ids[b, k], confidence)
+
+  o = chunked(scores, batch * targets, chunk_size).reshape(batch, targets)
+  drop = jnp.maximum(y - o, 0.0)
+  if relative:
+    drop = drop / (y + eps)
+  return {"average_drop": drop, "average_increase": (o > y).astype(jnp.float32)}
+
+
+_FAMILIES["confidence_change"] = _confidence_change
+
+
+def confidence_change(model: nnx.Module, images: Any, maps: Any, class_ids: Any = None, *, chunk_size: int = 32,
+                      confidence: str = "probability", relative: bool = True, normalize: bool = True,
+                      eps: float = 1e-7) -> dict[str, jax.Array]:
+  """Average Drop and Increase in Confidence (Chattopadhay et al., "Grad-CAM++", WACV 2018, Sec. 4.1).
+
+  ``Y`` = confidence of the class on the image, ``O`` = on ``image * map``, the
+  map min-max scaled to [0, 1] (``normalize``; a constant map scales to zeros)
+  and multiplied in model-input space, as both libraries do. Per image and
+  target (B, K) float32:
+
+  * ``average_drop`` = ``max(0, Y - O) / (Y + eps)``, in [0, 1] for probabilities;
+  * ``average_increase`` = 1.0 if ``O > Y`` (strictly) else 0.0.
+
+  The paper reports both as percentages: 100 x the mean over images. The
+  defaults follow the paper and torch-cam 0.5.0 (``ClassificationMetric`` with
+  ``logits_fn=softmax``, which divides by ``Y + 1e-7``). pytorch-grad-cam 1.5.7
+  (``DropInConfidence``) reports the absolute drop ``max(0, Y - O)``, not
+  divided by ``Y``: ``relative=False``. Its ``IncreaseInConfidence`` is
+  ``O - Y > 0``, the same as here. The libraries report fractions (no x100)
+  and score the logit unless given a softmax (``confidence="logit"``).
+  """
+  return _call("confidence_change", model, images, maps, class_ids, chunk_size=positive("chunk_size", chunk_size),
+               confidence=_confidence_option(confidence), relative=bool(relative), normalize=bool(normalize),
+               eps=_number("eps", eps, 0.0))
+
+
+# ------------------------------------------------------------------------------------ deletion / insertion
+
+
+def blur_kernel(size: int = 11, sigma: float = 5.0) -> np.ndarray:
+  """RISE's blur (``gkern(klen=11, nsig=5)`` of the authors' ``evaluation.py``): (size, size) float32.
+
+  ``scipy.ndimage.gaussian_filter(delta, sigma)`` of a centred delta in a
+  size x size array, so the Gaussian (truncated at 4 sigma) is folded back at
+  the array's border ("reflect"), exactly as the authors build it.
+  """
+  from scipy import ndimage
+
+  delta = np.zeros((size, size))
+  delta[size // 2, size // 2] = 1.0
+  return ndimage.gaussian_filter(delta, sigma).astype(np.float32)
+
+
+def blur(images: jax.Array, size: int = 11, sigma: float = 5.0) -> jax.Array:
+  """Each channel of (B, H, W, C) ``images`` convolved with ``blur_kernel``, zero padding: RISE's insertion start."""
+  channels = images.shape[-1]
+  kernel = jnp.asarray(np.tile(blur_kernel(size, sigma)[:, :, None, None], (1, 1, 1, channels)))
+  pad = size // 2
+  out = jax.lax.conv_general_dilated(images.astype(jnp.float32), kernel, (1, 1), [(pad, pad), (pad, pad)],
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=channels,
+                                     precision=HIGHEST)
+  return out.astype(images.dtype)
+
+
+def step_counts(pixels: int, steps: int) -> np.ndarray:
+  """Pixels perturbed after each of ``steps`` equal increments: ``floor(i * pixels / steps)``, i = 0..steps."""
+  return (np.arange(steps + 1, dtype=np.int64) * pixels) // steps
+
+
+def _deletion_insertion(net, images, maps, class_ids, key, baseline, *, steps, chunk_size, confidence, curves,
+                        insertion_from, blur_size, blur_sigma):
+  ids, y = _reference(net, images, class_ids, confidence)
+  batch, targets = ids.shape
+  height, width = images.shape[1:3]
+  pixels = height * width
+  counts = step_counts(pixels, steps)
+  fractions = jnp.asarray(counts / pixels, jnp.float32)
+  # Rank of every pixel, most relevant first; ties in pixel order (torch-cam's stable descending sort).
+  # Adding 0.0 turns -0.0 into 0.0, which a sort would otherwise put apart.
+  order = jnp.argsort(-(maps.reshape(batch, targets, pixels) + 0.0), axis=-1, stable=True)
+  ranks = jnp.argsort(order, axis=-1).astype(jnp.int32).reshape(batch, targets, height, width)
+  baseline = jnp.broadcast_to(baseline.astype(images.dtype), images.shape)
+  start = blur(images, blur_size, blur_sigma) if insertion_from == "blur" else baseline
+  inserting = jnp.asarray([c == "insertion" for c in curves])
+  count_table = jnp.asarray(counts, jnp.int32)
+
+  def scores(idx):
+    b, k, c, s = _decode(idx, (batch, targets, len(curves), steps))
+    ins = inserting[c]
+    # Deletion's points 1..steps (point 0 is the image), insertion's 0..steps-1 (point `steps` is the image).
+    count = count_table[s + jnp.where(ins, 0, 1)]
+    moved = (ranks[b, k] < count[:, None, None])[..., None]
+    deleted = jnp.where(moved, baseline[b], images[b])
+    inserted = jnp.where(moved, images[b], start[b])
+    x = jnp.where(ins[:, None, None, None], inserted, deleted)
+    return _pick(net(x)[0], ids[b, k], confidence)
+
+  total = batch * targets * len(curves) * steps
+  points = chunked(scores, total, chunk_size).reshape(batch, targets, len(curves), steps)
+  out = {}
+  for c, curve in enumerate(curves):
+    if curve == "deletion":
+      values = jnp.concatenate([y[..., None], points[:, :, c]], axis=-1)
+    else:
+      values = jnp.concatenate([points[:, :, c], y[..., None]], axis=-1)
+    widths = fractions[1:] - fractions[:-1]
+    out[f"{curve}_auc"] = jnp.sum(widths * (values[..., 1:] + values[..., :-1]) / 2, axis=-1)
+  return out
+
+
+_FAMILIES["deletion_insertion"] = _deletion_insertion
+
+
+def deletion_insertion(model: nnx.Module, images: Any, maps: Any, class_ids: Any = None, *, steps: int = 20,
+                       chunk_size: int = 32, confidence: str = "probability", baseline: Any = 0.0,
+                       insertion_from: str = "blur", blur_size: int = 11, blur_sigma: float = 5.0,
+                       curves: Sequence[str] = ("deletion", "insertion")) -> dict[str, jax.Array]:
+  """Deletion and insertion AUC (Petsiuk et al., "RISE", BMVC 2018, Sec. 4.1): (B, K) float32 each.
+
+  Pixels are ranked by map value, most relevant first (ties in pixel order, as
+  torch-cam's stable sort); the map's scale does not matter. After step i of
+  ``steps`` equal increments, the ``n_i = floor(i H W / steps)`` first pixels
+  are (all channels)
+
+  * ``deletion_auc``: replaced by ``baseline`` (default 0 in model-input space,
+    as RISE and torch-cam; a number or an array broadcastable to ``images``);
+  * ``insertion_auc``: copied from the image into a blurred copy of it
+    (``insertion_from="blur"``: RISE's 11 x 11, sigma 5 Gaussian with zero
+    padding, see ``blur_kernel``) or into ``baseline``
+    (``insertion_from="baseline"``, torch-cam 0.5.0's ``DeletionInsertionMetric``).
+
+  The class's confidence at each of the ``steps + 1`` points (the end that is
+  the unperturbed image reuses its forward pass) is integrated by the
+  trapezoidal rule over the perturbed fraction ``n_i / (H W)`` in [0, 1].
+  Deletion is better low, insertion high; papers report the mean over images
+  (RISE as a fraction). RISE perturbs a fixed 224 pixels per step (224 steps
+  at 224 px); torch-cam takes ``ceil(H W / steps)`` pixels per step with a
+  shorter last one: the same points as here when ``steps`` divides H x W.
+  ``curves`` picks which of the two to compute.
+  """
+  steps = positive("steps", steps)
+  curves = tuple(dict.fromkeys([curves] if isinstance(curves, str) else curves))
+  if not curves:
+    raise UserError("curves must name 'deletion', 'insertion' or both")
+  for curve in curves:
+    choice("curves", curve, ("deletion", "insertion"))
+  choice("insertion_from", insertion_from, ("blur", "baseline"))
+  blur_size = positive("blur_size", blur_size)
+  if blur_size % 2 == 0:
+    raise UserError(f"blur_size must be odd (the blur keeps the image's size), got {blur_size}")
+  checked = check_images(images)
+  try:
+    base = jnp.broadcast_to(jnp.asarray(baseline, jnp.float32), checked.shape)
+  except (TypeError, ValueError):
+    raise UserError(f"baseline must be a number or an array broadcastable to the images' shape "
+                    f"{tuple(checked.shape)}, got {getattr(baseline, 'shape', baseline)!r}") from None
+  return _call("deletion_insertion", model, checked, maps, class_ids, extra=base, steps=steps,
+               chunk_size=positive("chunk_size", chunk_size), confidence=_confidence_option(confidence),
+               curves=curves, insertion_from=insertion_from, blur_size=blur_size,
+               blur_sigma=_number("blur_sigma", blur_sigma, 0.0, open_low=True))
+
+
+# ----------------------------------------------------------------------------------------------------- ROAD
+
+
+def _neighbour_sum(x: jax.Array) -> jax.Array:
+  """(..., H, W) -> sum of ``NEIGHBOUR_WEIGHTS`` x the neighbours inside the image (outside ones count 0)."""
+  height, width = x.shape[-2:]
+  pad = jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(1, 1), (1, 1)])
+  out = jnp.zeros_like(x)
+  for (dr, dc), weight in NEIGHBOUR_WEIGHTS:
+    out = out + weight * pad[..., 1 + dr:1 + dr + height, 1 + dc:1 + dc + width]
+  return out
+
+
+def _impute_one(image: jax.Array, keep: jax.Array, noise: jax.Array, tol: float, maxiter: int) -> jax.Array:
+  """One (H, W) channel: removed pixels (``keep`` False) solved from ``d_i x_i - sum_j w_ij x_j = 0``.
+
+  ``d_i`` is the sum of the weights of the neighbours inside the image, the sum
+  runs over them, kept neighbours are known. On the whole grid the operator
+  ``r (d x - W(r x)) + (1 - r) x`` (``r`` = removed) is symmetric positive
+  definite (weakly diagonally dominant, strictly next to kept pixels), so
+  conjugate gradients (Jacobi-preconditioned) solve it matrix-free.
+  """
+  kept = keep.astype(jnp.float32)
+  removed = 1.0 - kept
+  degree = _neighbour_sum(jnp.ones_like(kept))
+  diagonal = removed * degree + kept
+
+  def operator(x):
+    return removed * (degree * x - _neighbour_sum(removed * x)) + kept * x
+
+  rhs = removed * _neighbour_sum(kept * image)
+  solution, _ = jax.scipy.sparse.linalg.cg(operator, rhs, tol=tol, maxiter=maxiter,
+                                           M=lambda r: r / jnp.where(diagonal > 0, diagonal, 1.0))
+  return kept * image + removed * (solution + noise)
+
+
+def _impute(image: jax.Array, keep: jax.Array, key: jax.Array, noise: Any, tol: float, maxiter: int):
+  """(H, W, C) image, (H, W) keep -> imputed image; every channel solved alike, noise added to removed pixels."""
+  x = jnp.moveaxis(image.astype(jnp.float32), -1, 0)
+  draws = noise * jax.random.normal(key, x.shape, jnp.float32)
+  out = jax.vmap(lambda c, n: _impute_one(c, keep, n, tol, maxiter))(x, draws)
+  return jnp.moveaxis(out, 0, -1).astype(image.dtype)
+
+
+@functools.partial(jax.jit, static_argnames=("tol", "maxiter"))
+def _imputation(images, keep, key, noise, *, tol, maxiter):
+  keys = jax.random.split(key, images.shape[0])
+  return jax.vmap(lambda x, m, k: _impute(x, m, k, noise, tol, maxiter))(images, keep, keys)
+
+
+def linear_imputation(images: Any, keep: Any, *, noise: float = 0.0, key: jax.Array | None = None,
+                      tol: float = 1e-6, maxiter: int = 2000) -> jax.Array:
+  """ROAD's noisy linear imputation of (B, H, W, C) ``images`` where (B, H, W) ``keep`` is False.
+
+  Every removed pixel becomes the weighted mean of its 8 neighbours inside the
+  image (``NEIGHBOUR_WEIGHTS``: 1/6 direct, 1/12 diagonal, renormalised at the
+  border), removed neighbours being unknowns too: one sparse linear system per
+  image and channel, the same as pytorch-grad-cam 1.5.7's ``NoisyLinearImputer``
+  (which solves it exactly with ``scipy.sparse.linalg.spsolve``). Here it is
+  solved on the device by preconditioned conjugate gradients, batched, to a
+  relative residual ``tol`` or ``maxiter`` iterations. Then ``noise`` x N(0, 1)
+  is added to every removed pixel (pytorch-grad-cam's default 0.01). A
+  connected removed region that touches no kept pixel (everything removed) has
+  no defined mean; it is filled with 0 where pytorch-grad-cam's solve fails.
+  """
+  images = check_images(images)
+  keep = jnp.asarray(keep)
+  if keep.shape != images.shape[:3]:
+    raise UserError(f"keep must be (B, H, W) = {tuple(images.shape[:3])}, got shape {tuple(keep.shape)}")
+  return _imputation(images, keep.astype(bool), jax.random.key(0) if key is None else key,
+                     jnp.float32(_number("noise", noise, 0.0)), tol=_number("tol", tol, 0.0, open_low=True),
+                     maxiter=positive("maxiter", maxiter))
+
+
+def _percentile_table(percentiles: Sequence[float], n: int) -> tuple[np.ndarray, ...]:
+  """numpy's ``percentile(x, p)`` ("linear", p a Python number) of n float32 values, as arithmetic on sorted x.
+
+  Returns per percentile the lower and upper index, the weight t in float32,
+  ``1 - t`` in float32 and whether numpy takes the upper form (t >= 0.5).
+  """
+  lo, hi, t, one_minus_t, upper = [], [], [], [], []
+  for p in percentiles:
+    q = p / 100
+    virtual = n * q + (1 + q * (1 - 1 - 1)) - 1  # numpy's _compute_virtual_index with alpha = beta = 1
+    below = math.floor(virtual)
+    frac = virtual - below
+    if virtual >= n - 1:
+      below, frac = n - 1, 0.0
+    elif virtual < 0:
+      below, frac = 0, 0.0
+    lo.append(below)
+    hi.append(min(below + 1, n - 1))
+    t.append(frac)
+    one_minus_t.append(1 - frac)
+    upper.append(frac >= 0.5)
+  return (np.asarray(lo, np.int32), np.asarray(hi, np.int32), np.asarray(t, np.float32),
+          np.asarray(one_minus_t, np.float32), np.asarray(upper, bool))
+
+
+def _threshold(values: jax.Array, pi: jax.Array, table: tuple[jax.Array, ...]) -> jax.Array:
+  """(n,) values -> numpy's percentile ``table[pi]`` of them.
+
+  Same float32 formula as numpy; XLA may fuse its multiply-add, which can move
+  the threshold by one ulp, so the pixels kept (``value < threshold``) can differ
+  only where two map values are a few ulps apart.
+  """
+  lo, hi, t, one_minus_t, upper = table
+  ordered = jnp.sort(values)
+  a, b = ordered[lo[pi]], ordered[hi[pi]]
+  diff = b - a
+  return jnp.where(upper[pi], b - diff * one_minus_t[pi], a + diff * t[pi])
+
+
+def _road(net, images, maps, class_ids, key, extra, *, percentiles, orders, noise, chunk_size, confidence, tol,
+          maxiter):
+  ids, y = _reference(net, images, class_ids, confidence)
+  batch, targets = ids.shape
+  height, width = images.shape[1:3]
+  scaled = normalize_maps(maps)
+  table = tuple(jnp.asarray(a) for a in _percentile_table(percentiles, height * width))
+  least = jnp.asarray([o == "lerf" for o in orders])
+  codes = jnp.asarray([("morf", "lerf").index(o) for o in orders], jnp.int32)
+
+  def scores(idx):
+    b, k, o, pi = _decode(idx, (batch, targets, len(orders), len(percentiles)))
+
+    def one(b, k, o, pi):
+      # pytorch-grad-cam's RemoveMostRelevantFirst: keep the pixels strictly below the map's percentile;
+      # RemoveLeastRelevantFirst does the same on 1 - map.
+      v = jnp.where(least[o], 1.0 - scaled[b, k], scaled[b, k])
+      keep = v < _threshold(v.reshape(-1), pi, table)
+      job = ((b * targets + k) * 2 + codes[o]) * len(percentiles) + pi  # the same draw whatever is computed
+      return _impute(images[b], keep, jax.random.fold_in(key, job), noise, tol, maxiter)
+
+    x = jax.vmap(one)(b, k, o, pi)
+    return _pick(net(x)[0], ids[b, k], confidence)
+
+  total = batch * targets * len(orders) * len(percentiles)
+  change = chunked(scores, total, chunk_size).reshape(batch, targets, len(orders), len(percentiles)) - y[..., None,
+                                                                                                          None]
+  out = {f"road_{order}": change[:, :, i].mean(axis=-1) for i, order in enumerate(orders)}
+  if len(orders) == 2:
+    out["road_combined"] = (out["road_lerf"] - out["road_morf"]) / 2
+  return out
+
+
+_FAMILIES["road"] = _road
+
+
+def road(model: nnx.Module, images: Any, maps: Any, class_ids: Any = None, *,
+         percentiles: Sequence[float] = ROAD_PERCENTILES, orders: Sequence[str] = ("morf", "lerf"),
+         noise: float = 0.01, key: jax.Array | None = None, chunk_size: int = 32, confidence: str = "probability",
+         tol: float = 1e-6, maxiter: int = 2000) -> dict[str, jax.Array]:
+  """ROAD, RemOve And Debias (Rong et al., "A Consistent and Efficient Evaluation Strategy for Attribution
+  Methods", ICML 2022), as pytorch-grad-cam 1.5.7 (``pytorch_grad_cam.metrics.road``) defines it.
+
+  For each percentile p of ``percentiles`` the pixels to remove are chosen by
+  a threshold ``t = numpy.percentile(map, p)`` (linear interpolation) on the
+  min-max scaled map:
+
+  * MoRF (``ROADMostRelevantFirst``): the pixels with ``map >= t`` are removed,
+    i.e. the (100 - p)% most relevant ones;
+  * LeRF (``ROADLeastRelevantFirst``): the same on ``1 - map``, removing the
+    (100 - p)% least relevant ones.
+
+  So p is the share kept, as in pytorch-grad-cam; the paper's "remove p%" is
+  percentile 100 - p. The default p = 10, 20, ..., 90 (``ROADCombined``'s)
+  is symmetric, so the averages below do not depend on the convention. The
+  removed pixels are filled by ``linear_imputation`` plus ``noise`` x N(0, 1)
+  (default 0.01, the reference's, drawn from ``key``), and the score is the
+  class's confidence change, imputed minus original (pytorch-grad-cam's
+  ``PerturbationConfidenceMetric``), averaged over the percentiles
+  (``ROAD*Average``). Per image and target (B, K) float32:
+
+  * ``road_morf``: mean change when removing the most relevant (better low);
+  * ``road_lerf``: mean change when removing the least relevant (better high);
+  * ``road_combined``: ``(road_lerf - road_morf) / 2`` (``ROADCombined``, better high).
+
+  The reported number is the mean over images (a fraction, as pytorch-grad-cam;
+  the paper plots accuracy after removal against p instead). pytorch-grad-cam
+  scores whatever its targets return: use its ``ClassifierOutputSoftmaxTarget``
+  to compare with the default ``confidence="probability"``. ``orders`` picks
+  MoRF, LeRF or both (combined needs both); a single percentile,
+  e.g. ``percentiles=(80,)``, is ``ROADMostRelevantFirst(percentile=80)``.
+  The solve stops at relative residual ``tol`` or ``maxiter`` iterations.
+  """
+  if isinstance(percentiles, (int, float)):
+    percentiles = (percentiles,)
+  percentiles = tuple(_number("percentiles", p) for p in percentiles)
+  if not percentiles or any(not 0 <= p <= 100 for p in percentiles):
+    raise UserError(f"percentiles must be numbers in [0, 100], e.g. (10, 20, ..., 90), got {percentiles!r}")
+  orders = tuple(dict.fromkeys([orders] if isinstance(orders, str) else orders))
+  if not orders:
+    raise UserError("orders must name 'morf', 'lerf' or both")
+  for order in orders:
+    choice("orders", order, ("morf", "lerf"))
+  orders = tuple(o for o in ("morf", "lerf") if o in orders)
+  return _call("road", model, images, maps, class_ids, key=key, percentiles=percentiles, orders=orders,
+               noise=_number("noise", noise, 0.0), chunk_size=positive("chunk_size", chunk_size),
+               confidence=_confidence_option(confidence), tol=_number("tol", tol, 0.0, open_low=True),
+               maxiter=positive("maxiter", maxiter))
+
+
+# ---------------------------------------------------------------------------------------------------- score
+
+_OPTIONS = {"confidence_change": ("confidence", "relative", "normalize", "eps"),
+            "deletion_insertion": ("confidence", "baseline", "insertion_from", "blur_size", "blur_sigma"),
+            "road": ("confidence", "percentiles", "noise", "tol", "maxiter")}
+
+
+def score(model: nnx.Module, images: Any, maps: Any, class_ids: Any = None, *, metrics: Sequence[str] = METRICS,
+          steps: int = 20, chunk_size: int = 32, key: jax.Array | None = None, **options) -> dict[str, jax.Array]:
+  """Every metric of ``metrics`` (default all of ``METRICS``): {name: (B, K) float32}, in ``metrics``' order.
+
+  * ``average_drop``, ``average_increase`` (0/1 per image): ``confidence_change``;
+    the Grad-CAM++ paper reports 100 x the mean over images (percent).
+  * ``deletion_auc``, ``insertion_auc``: ``deletion_insertion`` with ``steps``.
+  * ``road_morf``, ``road_lerf``, ``road_combined``: ``road`` with ``key`` for its noise.
+
+  The data set's number is the mean over images. Each family runs once
+  (sharing nothing but the inputs), only if one of its metrics is asked for.
+  ``options`` go to the families that take them: ``confidence`` (all),
+  ``relative``, ``normalize``, ``eps`` (confidence change), ``baseline``,
+  ``insertion_from``, ``blur_size``, ``blur_sigma`` (deletion/insertion),
+  ``percentiles``, ``noise``, ``tol``, ``maxiter`` (ROAD).
+  """
+  names = (metrics,) if isinstance(metrics, str) else tuple(metrics)
+  for name in names:
+    if name not in METRICS:
+      raise UserError(f"unknown metric {name!r}; choose from {', '.join(METRICS)}")
+  if not names:
+    raise UserError(f"metrics must name at least one of {', '.join(METRICS)}")
+  steps = positive("steps", steps)
+  chunk_size = positive("chunk_size", chunk_size)
+  known = {o for family in _OPTIONS.values() for o in family}
+  for option in options:
+    if option not in known:
+      raise UserError(f"score has no option {option!r}; it takes metrics, steps, chunk_size, key and "
+                      f"{', '.join(sorted(known))}")
+  check_inputs(images, maps, class_ids)
+  wanted = {FAMILY_OF[n] for n in names}
+
+  def given(family):
+    return {k: v for k, v in options.items() if k in _OPTIONS[family]}
+
+  out: dict[str, jax.Array] = {}
+  if "confidence_change" in wanted:
+    out.update(confidence_change(model, images, maps, class_ids, chunk_size=chunk_size, **given("confidence_change")))
+  if "deletion_insertion" in wanted:
+    curves = tuple(c for c in ("deletion", "insertion") if f"{c}_auc" in names)
+    out.update(deletion_insertion(model, images, maps, class_ids, steps=steps, chunk_size=chunk_size, curves=curves,
+                                  **given("deletion_insertion")))
+  if "road" in wanted:
+    orders = ("morf", "lerf") if "road_combined" in names else tuple(
+        o for o in ("morf", "lerf") if f"road_{o}" in names)
+    out.update(road(model, images, maps, class_ids, key=key, chunk_size=chunk_size, orders=orders, **given("road")))
+  return {name: out[name] for name in names}
+
+
+__all__ = ["METRICS", "NEIGHBOUR_WEIGHTS", "ROAD_PERCENTILES", "blur", "blur_kernel", "check_inputs",
+           "confidence_change", "deletion_insertion", "linear_imputation", "road", "score", "step_counts"]
