@@ -46,7 +46,7 @@ def markdown_table(results: dict) -> str:
     cells = [f"`{name}`", f"`{r['layer']}`" if r["layer"] else "input"]
     cells += [_cell(r.get("localization", {}).get(k), 1) for k, _ in loc]
     cells += [_cell(r.get("faithfulness", {}).get(m), 3) for m in faith]
-    cells.append(_cell(1000.0 * r["seconds_per_image"], 1))
+    cells.append(_cell(1000.0 * r["seconds_per_image"], 1) + (" (with compile)" if r["includes_compile"] else ""))
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
@@ -146,7 +146,8 @@ def write_outputs(results: dict, picture: np.ndarray | None, output: str) -> lis
         os.remove(tmp)
 
 
-def description(images: Any, layer: str, target: str, rows: dict) -> str:
+def description(images: Any, layer: str, target: str, rows: dict, faithfulness: dict | None = None) -> str:
+  """The paragraph above the table: what the maps explain and how each column is measured."""
   text = (f"Maps of the {target}: CAM methods at `{layer}` (the map global pooling reads), attribution methods "
           "at the input pixels.")
   if images.protocol:
@@ -156,9 +157,11 @@ def description(images: Any, layer: str, target: str, rows: dict) -> str:
              f"{len(p['cam_thresholds'])} CAM thresholds (Choe et al. 2020), PxAP where the data set has masks, "
              f"GT-known localization of the CAM paper (box at {p['paper_threshold']:g} of the map's maximum, "
              "IoU >= 0.5).")
-  if any("faithfulness" in r for r in rows.values()):
-    text += " Faithfulness: mean over images of `camjax.methods.faithfulness` (arrows: the better direction)."
-  return text + " ms / image: the maps alone, after one compile per method."
+  if faithfulness is not None:
+    settings = ", ".join(f"{k} {v}" for k, v in faithfulness.items())
+    text += (" Faithfulness: mean over images of `camjax.methods.faithfulness.score` "
+             f"({settings}; arrows: the better direction).")
+  return text + " ms / image: the maps alone, batch by batch after each method's first (compiling) batch."
 
 
 def figure_data(images: Any, rows: dict, keep: dict) -> dict | None:

@@ -85,13 +85,14 @@ class Images:
       return train_data.eval_batches(config, process_index=0, process_count=1)
 
     d = config.data
-    total = len(data.prepare_from_config(config).as_data_source(d.eval_split))
-    total = min(total, config.eval.max_examples) if config.eval.max_examples else total
+    split = len(data.prepare_from_config(config).as_data_source(d.eval_split))
+    total = min(split, config.eval.max_examples) if config.eval.max_examples else split
     name = f"{d.name}/{d.builder_config}" if d.builder_config else d.name
+    part = f"all {total} images" if total == split else f"its first {total} of {split} images"
     protocol = {"cam_thresholds": np.arange(0.0, 1.0, config.eval.wsol_threshold_step),
                 "iou_thresholds": tuple(config.eval.iou_thresholds), "paper_threshold": config.eval.paper_threshold}
     return cls(model, batches, total, int(d.image_size), tuple(d.mean), tuple(d.std),
-               f"{config.model.name} (step {step}, {workdir}) on {name} {d.eval_split} ({total} images)",
+               f"{config.model.name} (step {step}, {workdir}) on the {d.eval_split} split of {name}, {part}",
                cam_images.resolve_class_names("auto", config.model.num_classes, data=d), protocol,
                {"model": config.model.name, "step": step, "workdir": workdir, "data": name, "split": d.eval_split})
 
@@ -283,6 +284,15 @@ def _faithfulness_module() -> Any:
   return faithfulness
 
 
+def _faithfulness_settings(module: Any, options: dict) -> dict | None:
+  """The options ``score`` ran with: its defaults, then the ones given."""
+  if module is None:
+    return None
+  defaults = {k: p.default for k, p in inspect.signature(module.score).parameters.items()
+              if k in ("steps",) and p.default is not inspect.Parameter.empty}
+  return {**defaults, **{k: v for k, v in options.items() if k != "metrics"}}
+
+
 def compare(images: Images, settings: Settings) -> tuple[dict, dict | None]:
   """Every method of ``settings`` on ``images``: the results (``methods.json``) and the figure's data."""
   import jax
@@ -308,7 +318,8 @@ def compare(images: Images, settings: Settings) -> tuple[dict, dict | None]:
   target = "ground-truth class" if images.protocol else "top-1 class"
   results = {
       "title": f"CAM methods on {images.source}",
-      "description": compare_figure.description(images, layer, target, rows),
+      "description": compare_figure.description(images, layer, target, rows, _faithfulness_settings(
+          faithfulness, settings.options.get("faithfulness", {}))),
       "source": images.source, **images.info, "layer": layer, "target": target, "faithfulness_metrics": metrics,
       "num_images": next(iter(rows.values()))["images"] if rows else 0, "device": str(jax.devices()[0]),
       "settings": {"chunk_size": settings.chunk_size, "options": settings.options, "seed": settings.seed},
