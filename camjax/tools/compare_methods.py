@@ -47,7 +47,8 @@ def build_parser(prog: str) -> app.ArgumentParser:
   parser.add_argument("--max_examples", type=int, help="score the first N images of the split (default: all)")
   parser.add_argument("--batch_size", type=int, help="images per batch (default: eval.batch_size; photos 4)")
   parser.add_argument("--output", help="directory for methods.md/json/png (default: <workdir>/methods)")
-  parser.add_argument("--faithfulness", dest="faithfulness", action="store_true", default=True)
+  parser.add_argument("--faithfulness", dest="faithfulness", action="store_true", default=True,
+                      help="Average Drop/Increase, deletion/insertion AUC and ROAD per method (default)")
   parser.add_argument("--no_faithfulness", dest="faithfulness", action="store_false",
                       help="localization only (faithfulness runs many forward passes per image)")
   parser.add_argument("--chunk_size", type=int, help="masked forward passes at a time (Score-CAM family, ...)")
@@ -56,7 +57,8 @@ def build_parser(prog: str) -> app.ArgumentParser:
   parser.add_argument("--figure_images", type=int, default=4, help="rows of methods.png")
   parser.add_argument("--figure_tile", type=int, default=128, help="pixels per tile of methods.png")
   parser.add_argument("--seed", type=int, default=0, help="random key of the noisy methods and ROAD")
-  parser.add_argument("--progress", dest="progress", action="store_true", default=True)
+  parser.add_argument("--progress", dest="progress", action="store_true", default=True,
+                      help="a progress bar per method on stderr (default)")
   parser.add_argument("--no_progress", dest="progress", action="store_false")
   return parser
 
@@ -96,8 +98,8 @@ def parse_options(specs: Sequence[str], names: Sequence[str]) -> dict[str, dict[
   return out
 
 
-
 def check_args(args: Any) -> None:
+  """Flags that contradict each other or are out of range: found before anything is loaded."""
   if bool(args.workdir) == bool(args.model):
     raise UserError("give --workdir=RUN (a trained run, with --config) or --model=efficientnet_lite0 "
                     "--images=skimage|DIR (photos without ground truth), not both")
@@ -124,21 +126,23 @@ def run_split(args: Any, overrides: Sequence[str]) -> compare_scoring.Images:
   from camjax.train import checkpoint
 
   config = ablation.load_config(args.config, overrides)
-  missing = f"--workdir={args.workdir} does not exist; point it at a camjax training workdir"
-  empty = (f"--workdir={args.workdir} holds no checkpoint (no checkpoints/<step>/state); train first "
-           "(python -m camjax.main) or point it at a camjax training workdir")
-  checkpoint.find_checkpoints(args.workdir, missing=missing, empty=empty)
   saved = checkpoint.run_config(args.workdir)
-  if saved is not None:
-    given = {k[len("--config."):].split("=")[0] for k in overrides}
-    config = cam_images.config_from_run(config, saved, {k: config[k] if "." not in k else _get(config, k)
-                                                        for k in given})
+  if saved is not None:  # the run's network and preprocessing; what the user typed on top
+    given = {flag[len("--config."):].split("=")[0] for flag in overrides}
+    config = cam_images.config_from_run(config, saved, {key: _get(config, key) for key in given})
   with config.unlocked():
     config.eval.max_examples = args.max_examples or config.eval.max_examples
     config.eval.batch_size = args.batch_size or config.eval.batch_size
-  model, step = checkpoint.restore_model(config, args.workdir, missing=missing, empty=empty,
+  model, step = checkpoint.restore_model(config, args.workdir, **checkpoint_messages(args.workdir),
                                          fix="compare with the config that trained it")
   return compare_scoring.Images.from_config(config, model, step=step, workdir=args.workdir)
+
+
+def checkpoint_messages(workdir: str) -> dict[str, str]:
+  """This command's words for a workdir that is not there or holds no checkpoint."""
+  return {"missing": f"--workdir={workdir} does not exist; point it at a camjax training workdir",
+          "empty": f"--workdir={workdir} holds no checkpoint (no checkpoints/<step>/state); train first "
+                   "(python -m camjax.main) or point it at a camjax training workdir"}
 
 
 def _get(config: Any, dotted: str) -> Any:
@@ -204,9 +208,9 @@ def run(argv: Sequence[str]) -> int:
   if args.workdir:
     from camjax.train import checkpoint
 
-    checkpoint.find_checkpoints(args.workdir, missing=f"--workdir={args.workdir} does not exist; point it at a "
-                                "camjax training workdir", empty=f"--workdir={args.workdir} holds no checkpoint "
-                                "(no checkpoints/<step>/state); train first (python -m camjax.main)")
+    checkpoint.find_checkpoints(args.workdir, **checkpoint_messages(args.workdir))
+  if args.faithfulness:
+    compare_scoring.faithfulness_module()
   output = app.writable_dir(output, "--output")
   split = run_split(args, overrides) if args.workdir else photo_split(args)
   settings = compare_scoring.Settings(

@@ -22,6 +22,7 @@ from camjax.tools import compare_figure
 
 
 def keywords(fn: Callable) -> list[str]:
+  """The keywords of a method that ``--option`` may set (the ones every call sets itself left out)."""
   fixed = ("model", "images", "layer", "class_ids", "upsample")
   return [p for p in inspect.signature(fn).parameters if p not in fixed]
 
@@ -274,7 +275,8 @@ def _keep_rows(rows: list, images: Images, batch: dict, valid: np.ndarray, label
                  "boxes": None if boxes is None else boxes[j]})
 
 
-def _faithfulness_module() -> Any:
+def faithfulness_module() -> Any:
+  """``camjax.methods.faithfulness``, or a one-line error saying how to go without it."""
   try:
     from camjax.methods import faithfulness
   except ModuleNotFoundError as e:
@@ -300,7 +302,7 @@ def compare(images: Images, settings: Settings) -> tuple[dict, dict | None]:
   from camjax import methods
 
   layer = pooled_layer(images.model, images.image_size)
-  faithfulness = _faithfulness_module() if settings.faithfulness else None
+  faithfulness = faithfulness_module() if settings.faithfulness else None
   rows: dict[str, dict] = {}
   keep: dict = {"rows": [], "maps": {}}
   start = time.perf_counter()
