@@ -1,4 +1,4 @@
-"""VGG16 family: the fully connected original and VGGnet-GAP (CAM paper, Sec. 3.1).
+"""VGG16 family: the fully connected original, VGGnet-GAP (CAM paper, Sec. 3.1) and the WSOL standard's VGG16.
 
 The 13 conv layers (3x3 pad 1, ReLU, no BatchNorm) are torchvision's ``vgg16``
 in the same order and shapes, so torchvision weights map one to one (see
@@ -42,9 +42,11 @@ CONV5_OPS = tuple(Op("pool", 2, 2) for _ in range(4))  # pool1..pool4; the 3x3 p
 
 
 class VGG16Features(nnx.Module):
-  """conv1_1..conv5_3 with ReLU and pool1..pool4; returns the conv5_3 map (no pool5)."""
+  """conv1_1..conv5_3 with ReLU and pool1..pool4 (pool1..pool3 without ``pool4``); returns the conv5_3 map."""
 
-  def __init__(self, *, width_mult: float = 1.0, in_channels: int = 3, dtype: Any = None, rngs: nnx.Rngs):
+  def __init__(self, *, width_mult: float = 1.0, in_channels: int = 3, pool4: bool = True, dtype: Any = None,
+               rngs: nnx.Rngs):
+    self.pools = (1, 2, 3, 4) if pool4 else (1, 2, 3)  # stages with a 2x2/2 max pool before them
     cin = in_channels
     for name, width in zip(_conv_names(), (w for stage in VGG16_STAGES for w in stage)):
       width = scaled(width, width_mult)
@@ -55,7 +57,7 @@ class VGG16Features(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     for s, stage in enumerate(VGG16_STAGES):
-      if s:
+      if s in self.pools:
         x = max_pool(x, 2, 2)
       for i in range(len(stage)):
         x = nnx.relu(getattr(self, f"conv{s + 1}_{i + 1}")(x))
@@ -74,6 +76,31 @@ class VGG16Gap(GapHead):
   name = "vgg16_gap"
   features_class = VGG16Features
   backbone_ops = CONV5_OPS
+
+
+@register("vgg16_wsol")
+class VGG16Wsol(GapHead):
+  """The WSOL standard's VGG16 (its ``VggCam``): VGGnet-GAP with a classifier bias, and pool4 removed
+  with ``large_feature_map`` (default; 224 px -> 28x28, else 14x14 as vgg16_gap).
+
+  conv1_1..conv5_3 -> 3x3/1 pad 1 conv to 1024 units (``cam_conv``, the
+  standard's ``conv6``) + ReLU -> global pooling -> linear with bias. The
+  standard's CAM is the channel mean of ``w_c * f``: camjax's CAM divided by
+  1024, the same map after min-max normalisation.
+  """
+
+  name = "vgg16_wsol"
+  default_use_bias = True
+
+  def __init__(self, *, large_feature_map: bool = True, **kwargs: Any):
+    self.large_feature_map = bool(large_feature_map)
+    self.backbone_ops = CONV5_OPS[:3] if self.large_feature_map else CONV5_OPS
+    super().__init__(**kwargs)
+
+  def _build_backbone(self, width_mult: float, in_channels: int, dtype: Any, rngs: nnx.Rngs) -> int:
+    self.features = VGG16Features(width_mult=width_mult, in_channels=in_channels,
+                                  pool4=not self.large_feature_map, dtype=dtype, rngs=rngs)
+    return self.features.out_channels
 
 
 @register("vgg16")

@@ -1,19 +1,22 @@
-"""ImageNet backbones from torchvision checkpoint files (VGG16, AlexNet, GoogLeNet).
+"""ImageNet backbones from torchvision checkpoint files (VGG16, AlexNet, GoogLeNet, ResNet50, Inception v3).
 
 The paper fine-tunes its GAP networks from ImageNet weights. A user holding
 torchvision's files (for example ``vgg16-397923af.pth``, ``alexnet-owt-7be5be79.pth``,
-``googlenet-1378be20.pth``) loads them with::
+``googlenet-1378be20.pth``, ``resnet50-0676ba61.pth``, ``inception_v3_google-0cc3c7bd.pth``) loads them with::
 
     model = camjax.models.create("vgg16_gap", num_classes=200)
     camjax.weights.load_pretrained(model, "vgg16-397923af.pth")  # format inferred from the model
 
 The backbone layers map one to one (kernels OIHW -> HWIO, linear (out, in) ->
 (in, out), BatchNorm weight/bias/running_mean/running_var -> scale/bias/mean/var);
-layers the GAP variants add (``cam_conv``, the classifier) keep their fresh
-initialisation, and the file's layers the GAP variants drop (VGG/AlexNet
-``classifier.*``, GoogLeNet ``inception5*``, ``fc``, ``aux*``) are skipped. The
-full baselines (``vgg16``, ``alexnet``, ``googlenet``) also get their FC layers,
-the last one only when its class count matches.
+layers the GAP and WSOL variants add (``cam_conv``, ``SPG_A3_*``, the classifier)
+keep their fresh initialisation, and the file's layers the variants drop
+(VGG/AlexNet ``classifier.*``, GoogLeNet ``inception5*``, Inception v3
+``Mixed_7*``, ``fc``, ``aux*``, ``AuxLogits.*``) are skipped. The full
+baselines (``vgg16``, ``alexnet``, ``googlenet``, ``resnet50``, ``inceptionv3``)
+and ``resnet50_wsol`` (whose classifier reads the same 2048 channels, as the
+WSOL standard loads it for ImageNet) also get their last layer when its class
+count matches.
 
 Inputs must be normalised as the weights expect: see ``INPUT_NORMALIZATION``.
 """
@@ -30,7 +33,8 @@ from camjax.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from camjax.errors import UserError
 from camjax.weights import assign, torch_reader
 
-FORMATS = ("torchvision_vgg16", "torchvision_alexnet", "torchvision_googlenet", "efficientnet_lite")
+FORMATS = ("torchvision_vgg16", "torchvision_alexnet", "torchvision_googlenet", "torchvision_resnet50",
+           "torchvision_inception_v3", "efficientnet_lite")
 
 # (mean, std) on RGB in [0, 1] that the pretrained weights expect.
 IMAGENET = (IMAGENET_MEAN, IMAGENET_STD)
@@ -40,13 +44,18 @@ INPUT_NORMALIZATION = {
     # torchvision's googlenet weights are ported from TF and run with transform_input=True,
     # which maps ImageNet-normalised input back to (x - 0.5) / 0.5.
     "torchvision_googlenet": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    "torchvision_resnet50": IMAGENET,
+    # Inception v3's weights are ported from TF too (transform_input=True in torchvision).
+    "torchvision_inception_v3": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
     "efficientnet_lite": IMAGENET,
 }
 
 _MODEL_FORMATS = {
-    "VGG16": "torchvision_vgg16", "VGG16Gap": "torchvision_vgg16",
+    "VGG16": "torchvision_vgg16", "VGG16Gap": "torchvision_vgg16", "VGG16Wsol": "torchvision_vgg16",
     "AlexNet": "torchvision_alexnet", "AlexNetGap": "torchvision_alexnet", "AlexNetStarGap": "torchvision_alexnet",
     "GoogLeNet": "torchvision_googlenet", "GoogLeNetGap": "torchvision_googlenet",
+    "ResNet50": "torchvision_resnet50", "ResNet50Wsol": "torchvision_resnet50",
+    "InceptionV3": "torchvision_inception_v3", "InceptionV3Wsol": "torchvision_inception_v3",
     "EfficientNetLite": "efficientnet_lite",
 }
 
@@ -123,17 +132,67 @@ def googlenet_key_map(model: nnx.Module, *, head: bool = False) -> dict[str, ass
   return m
 
 
+def _conv_bn_map(model: nnx.Module, skip: tuple[str, ...]) -> dict[str, assign.Target]:
+  """Every conv and BatchNorm of ``model`` outside the top-level layers ``skip``, keyed by its own path.
+
+  The ResNet50 and Inception v3 modules sit at torchvision's key paths, so the
+  map is read off the model; a layer the file lacks, or a file key the model
+  lacks, is then reported by ``assign.load_mapped`` like any other mismatch.
+  """
+  m = {}
+  for path, module in nnx.iter_modules(model):
+    if not path or path[0] in skip:
+      continue
+    prefix = ".".join(map(str, path))
+    if isinstance(module, nnx.Conv):
+      m.update(assign.conv_layer(prefix, *path, bias=module.bias is not None))
+    elif isinstance(module, nnx.BatchNorm):
+      m.update(assign.batch_norm(prefix, *path))
+  return m
+
+
+def _fc_head(model: nnx.Module) -> dict[str, assign.Target]:
+  return assign.linear_layer("fc", "head", "classifier", bias=model.head.classifier.bias is not None)
+
+
+def resnet50_key_map(model: nnx.Module, *, head: bool = False) -> dict[str, assign.Target]:
+  """torchvision ``resnet50`` keys -> ``resnet50`` / ``resnet50_wsol`` variables (same shapes in both)."""
+  m = _conv_bn_map(model, ("head",))
+  if head:
+    m.update(_fc_head(model))
+  return m
+
+
+# Layers the WSOL Inception v3 adds; they keep their initialisation.
+INCEPTION_WSOL_ADDED = ("SPG_A3_1b", "SPG_A3_2b")
+
+
+def inception_v3_key_map(model: nnx.Module, *, head: bool = False) -> dict[str, assign.Target]:
+  """torchvision ``inception_v3`` keys -> ``inceptionv3`` / ``inceptionv3_wsol`` (to Mixed_6e) variables."""
+  m = _conv_bn_map(model, ("head",) + INCEPTION_WSOL_ADDED)
+  if head and type(model).__name__ == "InceptionV3":
+    m.update(_fc_head(model))
+  return m
+
+
 # Keys a torchvision file may hold that a camjax model of that family does not use.
 _SKIPPABLE = {
     "torchvision_vgg16": ("classifier.*",),
     "torchvision_alexnet": ("classifier.*",),
     "torchvision_googlenet": ("aux1.*", "aux2.*", "inception5a.*", "inception5b.*", "fc.*"),
+    "torchvision_resnet50": ("fc.*",),
+    "torchvision_inception_v3": ("AuxLogits.*", "Mixed_7a.*", "Mixed_7b.*", "Mixed_7c.*", "fc.*"),
 }
 _KEY_MAPS = {
     "torchvision_vgg16": (vgg16_key_map, "classifier.6.weight", "fc8"),
     "torchvision_alexnet": (alexnet_key_map, "classifier.6.weight", "fc8"),
     "torchvision_googlenet": (googlenet_key_map, "fc.weight", ("head", "classifier")),
+    "torchvision_resnet50": (resnet50_key_map, "fc.weight", ("head", "classifier")),
+    "torchvision_inception_v3": (inception_v3_key_map, "fc.weight", ("head", "classifier")),
 }
+# Models whose last layer is loaded when the file's fits (same class count, a bias): the full
+# baselines, and resnet50_wsol, which the WSOL standard starts from ImageNet's fc on ImageNet.
+_HEAD_MODELS = ("VGG16", "AlexNet", "GoogLeNet", "ResNet50", "ResNet50Wsol", "InceptionV3")
 
 
 def key_map(model: nnx.Module, format: str, *, head: bool = False) -> dict[str, assign.Target]:
@@ -154,13 +213,15 @@ def load_pretrained(
   """Load ImageNet weights from a torchvision (or EfficientNet-Lite) checkpoint into ``model`` in place.
 
   Args:
-    model: a camjax model (``vgg16_gap``, ``alexnet_gap``, ``alexnet_star_gap``,
-      ``googlenet_gap``, their FC baselines, or ``efficientnet_lite*``).
+    model: a camjax model (``vgg16_gap``, ``vgg16_wsol``, ``alexnet_gap``,
+      ``alexnet_star_gap``, ``googlenet_gap``, their FC baselines, ``resnet50``,
+      ``resnet50_wsol``, ``inceptionv3``, ``inceptionv3_wsol`` or ``efficientnet_lite*``).
     path: the ``.pth`` file (read without torch and without running code) or a
       ready ``{key: array}`` mapping.
     format: one of ``FORMATS``; ``None`` infers it from the model.
     head: load the final classifier too; ``None`` loads it when the model has
-      a matching one (full baselines with 1000 classes), never for GAP models.
+      a matching one (full baselines and ``resnet50_wsol`` with 1000 classes),
+      never for the GAP models with an added conv.
 
     flag: the setting ``path`` came from, named when the file does not exist.
 
@@ -187,7 +248,7 @@ def load_pretrained(
   builder, head_key, head_path = _KEY_MAPS[format]
   if head is None:
     head = False
-    if type(model).__name__ in ("VGG16", "AlexNet", "GoogLeNet"):  # full baselines: reuse a 1000-way head
+    if type(model).__name__ in _HEAD_MODELS:  # reuse a 1000-way head
       layer = model
       for part in (head_path if isinstance(head_path, tuple) else (head_path,)):
         layer = getattr(layer, part)

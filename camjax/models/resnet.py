@@ -1,0 +1,141 @@
+"""ResNet50 in torchvision's layout: the original and the WSOL standard's variant.
+
+Reference for the layout and the parameter count: torchvision's ``resnet50``
+(25,557,032 parameters for 1000 classes), ResNet v1.5 (the stride of a
+downsampling block sits in its 3x3 conv). Module paths equal torchvision's
+state-dict keys with ``/`` for ``.``: ``layer3/0/downsample/0/kernel`` <-
+``layer3.0.downsample.0.weight`` (kernels OIHW -> HWIO; BatchNorm
+scale/bias/mean/var <- weight/bias/running_mean/running_var); the classifier
+is ``head/classifier`` <- ``fc``. BatchNorm uses torch's epsilon 1e-5 and
+momentum 0.1 (flax's 0.9).
+
+Both nets end in global pooling -> linear with a bias, so they are CAM
+compatible with no added layer: ``features`` is the layer4 map.
+
+The WSOL evaluation standard (Choe et al., CVPR 2020) trains CAM on a ResNet50
+whose layer4 has stride 1 and, with ``large_feature_map``, layer3 too: 28x28
+maps at 224 px (14x14 without). The parameters are those of resnet50.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+from flax import nnx
+
+from camjax.models.conv import Conv
+from camjax.models.heads import GapHead
+from camjax.models.layers import CONV_INIT, Op, max_pool, scaled
+from camjax.models.registry import register
+
+BN_EPSILON = 1e-5
+BN_MOMENTUM = 0.9  # flax convention; torch's momentum 0.1
+EXPANSION = 4
+# (planes, blocks, stride) of layer1..layer4 in torchvision's resnet50.
+RESNET50_LAYERS = ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2))
+STEM_OPS = (Op("conv", 7, 2, 3), Op("pool", 3, 2, 1))
+
+
+def _bn(channels: int, dtype: Any, rngs: nnx.Rngs) -> nnx.BatchNorm:
+  return nnx.BatchNorm(channels, epsilon=BN_EPSILON, momentum=BN_MOMENTUM, dtype=dtype, rngs=rngs)
+
+
+def _conv(cin: int, cout: int, kernel: int, stride: int, dtype: Any, rngs: nnx.Rngs) -> Conv:
+  return Conv(cin, cout, (kernel, kernel), strides=stride, padding=kernel // 2, use_bias=False, dtype=dtype,
+              kernel_init=CONV_INIT, rngs=rngs)
+
+
+class Bottleneck(nnx.Module):
+  """1x1 -> 3x3 (stride) -> 1x1 (4x wider), BatchNorm after each, ReLU after the first two and the sum.
+
+  The shortcut is a 1x1 conv (with ``stride``) + BatchNorm when the shape
+  changes, kept as ``downsample/0`` and ``downsample/1`` as in torch.
+  """
+
+  def __init__(self, cin: int, width: int, *, stride: int = 1, dtype: Any = None, rngs: nnx.Rngs):
+    cout = width * EXPANSION
+    self.conv1 = _conv(cin, width, 1, 1, dtype, rngs)
+    self.bn1 = _bn(width, dtype, rngs)
+    self.conv2 = _conv(width, width, 3, stride, dtype, rngs)
+    self.bn2 = _bn(width, dtype, rngs)
+    self.conv3 = _conv(width, cout, 1, 1, dtype, rngs)
+    self.bn3 = _bn(cout, dtype, rngs)
+    reshape = stride != 1 or cin != cout
+    self.downsample = nnx.List([_conv(cin, cout, 1, stride, dtype, rngs), _bn(cout, dtype, rngs)]) if reshape else None
+    self.out_channels = cout
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = nnx.relu(self.bn1(self.conv1(x)))
+    y = nnx.relu(self.bn2(self.conv2(y)))
+    y = self.bn3(self.conv3(y))
+    shortcut = x if self.downsample is None else self.downsample[1](self.downsample[0](x))
+    return nnx.relu(y + shortcut)
+
+
+def _layer_ops(strides: tuple[int, ...]) -> tuple[Op, ...]:
+  """A block's 3x3 pad 1 conv carries its stride (its 1x1 shortcut gives the same size)."""
+  return tuple(Op("conv", 3, s, 1) for s in strides if s != 1)
+
+
+class _ResNet50Base(GapHead):
+  """Stem (7x7/2 conv, BN, ReLU, 3x3/2 pad 1 max pool) and layer1..layer4 with ``strides``."""
+
+  name = "resnet50"
+  cam_width = None  # the head pools layer4 itself
+  default_use_bias = True
+  strides: tuple[int, ...] = tuple(s for _, _, s in RESNET50_LAYERS)
+
+  def _build_backbone(self, width_mult: float, in_channels: int, dtype: Any, rngs: nnx.Rngs) -> int:
+    stem = scaled(64, width_mult)
+    self.conv1 = Conv(in_channels, stem, (7, 7), strides=2, padding=3, use_bias=False, dtype=dtype,
+                      kernel_init=CONV_INIT, rngs=rngs)
+    self.bn1 = _bn(stem, dtype, rngs)
+    cin = stem
+    for i, ((planes, blocks, _), stride) in enumerate(zip(RESNET50_LAYERS, self.strides)):
+      width = scaled(planes, width_mult)
+      layer = []
+      for b in range(blocks):
+        block = Bottleneck(cin, width, stride=stride if b == 0 else 1, dtype=dtype, rngs=rngs)
+        layer.append(block)
+        cin = block.out_channels
+      setattr(self, f"layer{i + 1}", nnx.List(layer))
+    return cin
+
+  def _backbone(self, x: jax.Array) -> jax.Array:
+    x = max_pool(nnx.relu(self.bn1(self.conv1(x))), 3, 2, 1)
+    for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+      for block in layer:
+        x = block(x)
+    return x
+
+
+@register("resnet50")
+class ResNet50(_ResNet50Base):
+  """torchvision's ResNet50: global pooling of layer4 (7x7 at 224 px) -> linear with bias.
+
+  ``pooling="gmp"`` gives global max pooling; ``use_bias`` switches the
+  classifier bias; ``width_mult`` scales every width. CAM compatible as it is.
+  """
+
+  name = "resnet50"
+  backbone_ops = STEM_OPS + _layer_ops(_ResNet50Base.strides)
+
+
+@register("resnet50_wsol")
+class ResNet50Wsol(_ResNet50Base):
+  """The WSOL standard's ResNet50: layer4 at stride 1, layer3 at stride 1 when ``large_feature_map``.
+
+  224 px gives a 28x28 layer4 map (14x14 with ``large_feature_map=False``),
+  then global pooling -> linear with bias, as the standard's ``ResNetCam``.
+  The standard's CAM is the channel mean of ``w_c * f``: camjax's CAM
+  (channel sum) divided by 2048, the same map after min-max normalisation.
+  """
+
+  name = "resnet50_wsol"
+
+  def __init__(self, *, large_feature_map: bool = True, **kwargs: Any):
+    self.large_feature_map = bool(large_feature_map)
+    self.strides = (1, 2, 1 if self.large_feature_map else 2, 1)
+    self.backbone_ops = STEM_OPS + _layer_ops(self.strides)
+    super().__init__(**kwargs)
