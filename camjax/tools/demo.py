@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import os
 import sys
+import socket
 import threading
 import time
 from typing import Any, Callable, Sequence
@@ -238,14 +239,18 @@ def method_choices() -> list[tuple[str, str]]:
   return [(f"{name} (slow: a forward pass per channel)" if name in slow else name, name) for name in methods.ALL]
 
 
-def status(explanation: Explanation, title: str) -> str:
+def status(explanation: Explanation, title: str, *, compiled: bool = False) -> str:
+  """One line under the classes: the method, the layer it read, the model and the time the maps took."""
   where = f"layer `{explanation.layer}`" if explanation.layer else "the input pixels"
+  note = " (including compiling the method: later photos are faster)" if compiled else ""
   return (f"**{explanation.method}** on {where} of {title}: top-{len(explanation.names)} maps in "
-          f"{explanation.seconds:.2f} s (a method's first run also compiles it).")
+          f"{explanation.seconds:.2f} s{note}.")
 
 
 def build_page(gr: Any, models: Models) -> Any:
   """The Gradio page: photo, model and method in; top classes, maps with boxes and timing out."""
+  ran: set[tuple[str, str]] = set()  # (model, method) pairs already compiled
+
   def run(image, label, method):
     if image is None:
       return None, [], "Drop a photo to see its maps."
@@ -254,7 +259,10 @@ def build_page(gr: Any, models: Models) -> Any:
       result = explain(loaded, image, method)
     except UserError as e:
       raise gr.Error(str(e)) from e
-    return result.scores(), list(zip(result.overlays, result.captions())), status(result, loaded.title)
+    first = (label, method) not in ran
+    ran.add((label, method))
+    return (result.scores(), list(zip(result.overlays, result.captions())),
+            status(result, loaded.title, compiled=first))
 
   with gr.Blocks(title="camjax: class activation maps", analytics_enabled=False) as page:
     gr.Markdown("## camjax: class activation maps\nDrop a photo, pick a model and a method: the top-5 classes, "
@@ -305,11 +313,23 @@ def build_parser(prog: str) -> app.ArgumentParser:
   return parser
 
 
+def check_address(host: str, port: int) -> None:
+  """The page's address can be listened on: a taken port or an unknown host fails before any model loads."""
+  if not 1 <= port <= 65535:
+    raise UserError(f"--port={port}; give a port in 1..65535")
+  try:
+    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+      probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will
+      probe.bind(address)
+  except OSError as e:
+    raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port or --host") from e
+
+
 def run_command(argv: Sequence[str]) -> int:
   args = build_parser(argv[0] if argv else "python -m camjax.methods demo").parse_args(list(argv[1:]))
-  if not 0 <= args.port <= 65535:
-    raise UserError(f"--port={args.port}; give a port in 0..65535")
   gr = import_gradio()
+  check_address(args.host, args.port)
   page = build_page(gr, Models(model_builders(args.workdir)))
   page.queue(default_concurrency_limit=1).launch(server_name=args.host, server_port=args.port, show_error=True)
   return 0

@@ -94,9 +94,17 @@ def test_without_gradio_the_command_says_what_to_install(monkeypatch, capsys):
   assert err == "camjax: error: the demo page needs Gradio: pip install 'camjax[demo]'"
 
 
-def test_a_workdir_without_a_run_fails_before_the_page(tmp_path):
+def test_a_workdir_without_a_run_or_a_taken_port_fails_before_the_page(tmp_path):
   with pytest.raises(UserError, match="--workdir=.*nowhere does not exist"):
     demo.model_builders([str(tmp_path / "nowhere")])
+  with socket.socket() as taken:
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    with pytest.raises(UserError, match=f"cannot listen on 127.0.0.1:{port} .*choose another --port"):
+      demo.check_address("127.0.0.1", port)
+  with pytest.raises(UserError, match="--port=0; give a port in 1..65535"):
+    demo.check_address("127.0.0.1", 0)
 
 
 # ----------------------------------------------------------------------------- the page in a browser
