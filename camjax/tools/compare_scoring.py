@@ -313,9 +313,10 @@ def compare(images: Images, settings: Settings) -> tuple[dict, dict | None]:
     rows[name] = row = {"layer": None if name in methods.ATTRIBUTION else layer,
                         **score_method(images, name, call, settings, faithfulness, keep, desc)}
     took = time.perf_counter() - began
-    print(f"{desc}: {row['images']} images in {took:.1f} s ({row['images'] / took:.1f} images/s with compile and "
-          f"scoring; maps {1000 * row['seconds_per_image']:.1f} ms/image), {time.perf_counter() - start:.0f} s "
-          "elapsed", file=sys.stderr, flush=True)
+    rate = f"{row['images'] / took:.1f} images/s" if row["images"] >= took else f"{took / row['images']:.1f} s/image"
+    print(f"{desc}: {row['images']} images in {took:.1f} s ({rate} with compile and scoring; maps "
+          f"{1000 * row['seconds_per_image']:.1f} ms/image), {time.perf_counter() - start:.0f} s elapsed",
+          file=sys.stderr, flush=True)
   metrics = list(settings.options.get("faithfulness", {}).get("metrics", faithfulness.METRICS)) if faithfulness else []
   target = "ground-truth class" if images.protocol else "top-1 class"
   results = {
