@@ -255,6 +255,8 @@ def score_method(images: Images, name: str, call: Callable, settings: Settings, 
       _keep_rows(keep["rows"], images, batch, valid, labels, boxes, settings.figure_images)
       count += int(valid.sum())
       bar.update(int(valid.sum()))
+  if not count:
+    raise UserError(f"no valid image to compare in {images.source}; check --config.data.eval_split")
   row = {"images": count, **map_timer.result("")}
   if scorer is not None:
     row["localization"] = scorer.result()
