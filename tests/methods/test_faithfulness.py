@@ -126,13 +126,16 @@ def test_deletion_and_insertion_of_the_true_evidence_by_hand(evidence_case):
       np.testing.assert_allclose(out["deletion_auc"][b, 0], deletion, atol=1e-5)
       np.testing.assert_allclose(baseline["insertion_auc"][b, 0], insertion, atol=1e-5)
       np.testing.assert_allclose(out["insertion_auc"][b, 0], _curve_auc(counts, inserted, pixels), atol=1e-5)
-  # One step: the mean of the two ends; the true evidence deletes faster than its reverse.
-  one = F.score(model, images, maps, np.zeros(2, int), metrics=("deletion_auc",), steps=1)["deletion_auc"]
-  ends = (_softmax(_logits(images, weights, 0.0))[:, 0] + 0.5) / 2
-  np.testing.assert_allclose(one[:, 0], ends, atol=1e-6)
-  reverse = F.deletion_insertion(model, images, -maps, np.zeros(2, int), steps=8, curves="deletion")
-  assert set(reverse) == {"deletion_auc"}
-  assert np.all(reverse["deletion_auc"] > out["deletion_auc"])
+  # The same through score, 3 inputs per forward pass; the true evidence deletes faster than its reverse.
+  chunked = F.score(model, images, maps, np.zeros(2, int), metrics=("insertion_auc", "deletion_auc"), steps=5,
+                    chunk_size=3)
+  assert list(chunked) == ["insertion_auc", "deletion_auc"]
+  for name in out:
+    np.testing.assert_allclose(chunked[name], out[name], atol=1e-6)
+  reverse = F.deletion_insertion(model, images, -maps, np.zeros(2, int), steps=8)
+  first = F.deletion_insertion(model, images, maps, np.zeros(2, int), steps=8)
+  assert np.all(reverse["deletion_auc"] > first["deletion_auc"])
+  assert np.all(reverse["insertion_auc"] < first["insertion_auc"])
 
 
 def test_blur_kernel_is_rises():
