@@ -19,8 +19,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import sys
 import socket
+import sys
 import threading
 import time
 from typing import Any, Callable, Sequence
@@ -37,6 +37,11 @@ TOP_K = 5
 BOX_THRESHOLD = 0.2  # the CAM paper's: pixels above 20% of the map's max
 DISPLAY_SIZE = 384  # longest side of the photo and of each map shown
 DEFAULT_METHOD = "grad_cam"
+# Methods that run hundreds of forward or backward passes per photo, with their cost for EfficientNet-Lite0's
+# top-5 on two CPU cores after the compile (the others take well under a second).
+SLOW = {"score_cam": "a pass per channel, about a minute", "ss_cam": "35 passes per channel, half an hour",
+        "is_cam": "10 passes per channel, about ten minutes", "smooth_grad": "50 noisy copies, over a minute",
+        "integrated_gradients": "50 steps, over a minute"}
 
 
 # ----------------------------------------------------------------------------- models
@@ -232,11 +237,10 @@ def import_gradio() -> Any:
 
 
 def method_choices() -> list[tuple[str, str]]:
-  """(label, name) of every method; the ones that run a forward pass per channel say they are slow."""
+  """(label, name) of every method; the ones that take a minute or more per photo on a CPU say so."""
   from camjax import methods
 
-  slow = {"score_cam", "ss_cam", "is_cam", "ablation_cam"}
-  return [(f"{name} (slow: a forward pass per channel)" if name in slow else name, name) for name in methods.ALL]
+  return [(f"{name} (slow: {SLOW[name]})" if name in SLOW else name, name) for name in methods.ALL]
 
 
 def status(explanation: Explanation, title: str, *, compiled: bool = False) -> str:

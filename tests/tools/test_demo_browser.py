@@ -26,7 +26,7 @@ TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROOT = os.path.dirname(TESTS)
 RUN = os.path.join(TESTS, "fixtures", "run_before_move")  # a tiny trained run: small_gap, 4 classes, 16 px
 CATS = range(281, 286)  # ImageNet's tabby, tiger, Persian, Siamese and Egyptian cats
-CHROMIUM = "/usr/bin/chromium"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
 
 
 def missing(what: str) -> None:
@@ -87,6 +87,13 @@ def test_attribution_methods_read_the_pixels_and_names_stay_unique(run):
     demo.explain(run, np.zeros((8, 8, 2), np.uint8), "grad_cam")
 
 
+def test_the_method_menu_offers_every_method_and_marks_the_slow_ones():
+  choices = demo.method_choices()
+  assert [name for _, name in choices] == list(methods.ALL) and set(demo.SLOW) <= set(methods.ALL)
+  assert dict(choices)["score_cam (slow: a pass per channel, about a minute)"] == "score_cam"
+  assert "grad_cam" in dict(choices)
+
+
 def test_without_gradio_the_command_says_what_to_install(monkeypatch, capsys):
   monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio raises ImportError
   assert demo.main(["python -m camjax.methods demo"]) == 2
@@ -122,7 +129,7 @@ def wait_until_serving(url: str, proc: subprocess.Popen, log: str, timeout: floa
     if proc.poll() is not None:
       pytest.fail(f"the demo server exited with {proc.returncode}: {open(log).read()[-2000:]}")
     try:
-      with urllib.request.urlopen(url, timeout=2):
+      with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(url, timeout=2):  # no proxy
         return
     except OSError:
       time.sleep(0.3)
@@ -131,11 +138,15 @@ def wait_until_serving(url: str, proc: subprocess.Popen, log: str, timeout: floa
 
 @pytest.fixture(scope="module")
 def page_url(tmp_path_factory):
-  """The demo command serving ImageNet EfficientNet-Lite0 on a free port of 127.0.0.1."""
+  """The demo command serving ImageNet EfficientNet-Lite0 on a free port of 127.0.0.1 (after checking the tools)."""
   from camjax.weights import efficientnet_lite
 
   if importlib.util.find_spec("gradio") is None:
     missing(f"gradio ({demo.INSTALL})")
+  if importlib.util.find_spec("playwright") is None:
+    missing("playwright (pip install playwright; it drives the system chromium)")
+  if not os.path.isfile(CHROMIUM):
+    missing(f"{CHROMIUM} (apt-get install chromium)")
   try:
     efficientnet_lite.default_weights_path()
   except FileNotFoundError:
@@ -161,10 +172,6 @@ def page_url(tmp_path_factory):
 
 
 def test_the_page_shows_the_maps_of_a_dropped_photo(page_url, tmp_path):
-  if importlib.util.find_spec("playwright") is None:
-    missing("playwright (pip install playwright; it drives the system chromium)")
-  if not os.path.isfile(CHROMIUM):
-    missing(f"{CHROMIUM} (apt-get install chromium)")
   import skimage.data
   from playwright.sync_api import sync_playwright
 
