@@ -166,7 +166,10 @@ def as_rgb(image: Any) -> np.ndarray:
   if arr.ndim != 3 or arr.shape[-1] not in (3, 4) or min(arr.shape[:2]) < 1:
     raise UserError(f"give a colour or grey photo; got an array of shape {arr.shape}")
   arr = arr[..., :3]
-  return arr if arr.dtype == np.uint8 else np.clip(arr, 0, 255).astype(np.uint8)
+  if arr.dtype == np.uint8:
+    return arr
+  scale = 255.0 if np.issubdtype(arr.dtype, np.floating) and arr.size and arr.max() <= 1.0 else 1.0  # [0, 1] floats
+  return np.clip(np.round(arr * scale), 0, 255).astype(np.uint8)
 
 
 def display_image(image: np.ndarray, size: int) -> np.ndarray:
@@ -203,6 +206,8 @@ def explain(loaded: Loaded, image: Any, method: str = DEFAULT_METHOD, *, top_k: 
   from camjax.report import figures
   from camjax.tools import cam_images
 
+  if top_k < 1 or size < 1:
+    raise UserError(f"top_k and size must be positive, got {top_k} and {size}")
   start = time.perf_counter()
   photo = as_rgb(image)
   inputs = cam_images.preprocess(photo, (loaded.image_size, loaded.image_size), loaded.mean, loaded.std)[None]
@@ -212,7 +217,7 @@ def explain(loaded: Loaded, image: Any, method: str = DEFAULT_METHOD, *, top_k: 
   shown = display_image(photo, size)
   overlays, boxes = [], []
   for m in maps:
-    m = np.where(np.isfinite(m), m, 0.0)
+    m = np.nan_to_num(m, nan=0.0, posinf=0.0, neginf=0.0)  # a map that overflowed is shown blank, not as an error
     found = boxes_from_cam(cam_images.upsample_map(m, shown.shape[:2]), BOX_THRESHOLD, protocol="paper")
     box = [int(v) for v in found[0]] if len(found) else None
     picture = figures.overlay(shown, m, alpha=alpha, cmap=cmap)

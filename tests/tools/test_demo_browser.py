@@ -85,6 +85,7 @@ def test_attribution_methods_read_the_pixels_and_names_stay_unique(run):
     demo.explain(run, np.zeros((8, 8, 3), np.uint8), "gradcam")
   with pytest.raises(UserError, match="give a colour or grey photo"):
     demo.explain(run, np.zeros((8, 8, 2), np.uint8), "grad_cam")
+  np.testing.assert_array_equal(demo.as_rgb(np.full((2, 2, 4), 0.5, np.float32)), np.full((2, 2, 3), 128, np.uint8))
 
 
 def test_the_method_menu_offers_every_method_and_marks_the_slow_ones():
