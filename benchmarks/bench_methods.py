@@ -15,11 +15,12 @@ image) before anything is timed, so no row times different work. The ratio row d
 camjax (the faster library's options) by the faster library.
 
 Layers: Grad-CAM and Grad-CAM++ at ``head_act`` (7 x 7 x 1280); Score-CAM and Ablation-CAM at
-``blocks/4`` (28 x 28 x 40), one masked forward pass per channel and image. ``--layer`` sets
-one layer for every method (``--layer head_act``: 1280 masked passes per image, minutes per
-batch here). Masked passes per call: each library's default (pytorch-grad-cam's Score-CAM 16,
-its Ablation-CAM ``batch_size=32``; torch-cam's Score-CAM ``batch_size=32``) and camjax's
-``chunk_size`` default (32).
+``blocks/4`` (28 x 28 x 40), one masked forward pass per channel and image (320 per batch of 8).
+``--layer`` sets one layer for every method (``--layer head_act``: 1280 masked passes per image,
+minutes per batch on a CPU). Masked passes per network call: each library's default
+(pytorch-grad-cam's Score-CAM 16, its Ablation-CAM ``batch_size=32``; torch-cam's Score-CAM
+``batch_size=32``) and camjax's ``chunk_size`` default (32). ``--repeats`` rounds for Score-CAM
+and Ablation-CAM (default 3), five times as many for the gradient methods (a second per round).
 """
 
 from __future__ import annotations
@@ -43,8 +44,10 @@ from flax import nnx
 from benchmarks.common import machine
 
 METHODS = ("grad_cam", "grad_cam_plus_plus", "score_cam", "ablation_cam")
+MASKED = ("score_cam", "ablation_cam")  # one forward pass per channel: the slow ones
 GRADIENT_LAYER = "head_act"
 MASKED_LAYER = "blocks/4"
+GRADIENT_ROUNDS = 5  # rounds per --repeats for the gradient methods
 MIN_CORRELATION = 0.99
 OUT = pathlib.Path(__file__).parent / "results_methods.json"
 
@@ -84,10 +87,12 @@ def _stand_ins() -> Iterator[None]:
 
 
 def _grad_cam_library() -> tuple[Any, Any]:
-  os.environ.setdefault("TQDM_DISABLE", "1")  # its masked-pass loops draw progress bars
   with _stand_ins():
     import pytorch_grad_cam
+    from pytorch_grad_cam import ablation_cam, score_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+  quiet = types.SimpleNamespace(tqdm=lambda iterable, *args, **kwargs: iterable)
+  score_cam.tqdm = ablation_cam.tqdm = quiet  # no progress bar per masked batch on stderr
   return pytorch_grad_cam, ClassifierOutputTarget
 
 
@@ -204,14 +209,15 @@ def _camjax(method: str, model: nnx.Module, images: jax.Array, ids: np.ndarray, 
     return jax.block_until_ready(maps)
 
   shown = ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in options.items())
-  if method in ("score_cam", "ablation_cam"):
+  if method in MASKED:
     shown += ", chunk_size=32 (default)"
   return Contender(f"camjax_as_{like}", call, shown)
 
 
 def _grad_cam_ablation_value(model: nnx.Module, images: jax.Array, layer: str) -> float:
   """The value pytorch-grad-cam ablates to: 0 when the layer's minimum is 0 (after a ReLU), else
-  ``min(A) - 1e7`` (then lower still for each further copy of a call; only the sign and the size matter)."""
+  ``min(A) - 1e7`` (each further copy in one network call lower by another 1e7, as its loop re-reads the
+  minimum it has just lowered; the maps agree all the same, the check says so)."""
   from camjax.methods import _core
 
   graphdef, state = nnx.split(model)
@@ -251,8 +257,8 @@ def _torchcam_contender(method: str, torch: Any, net: Any, xt: Any, ids: np.ndar
                    library="torch-cam")
 
 
-def _check(method: str, contenders: list[Contender], maps: dict[str, Any], reference_pp: np.ndarray | None,
-           size: int) -> dict[str, float]:
+def _check(method: str, contenders: list[Contender], maps: dict[str, Any],
+           reference_pp: np.ndarray | None) -> dict[str, float]:
   """Per library: the least per-image correlation with camjax run with that library's options."""
   out = {}
   for c in contenders:
@@ -305,7 +311,7 @@ def bench_method(method: str, *, model: nnx.Module, images: np.ndarray, layer: s
         contenders.append(maker)
     maps = {c.name: c.call() for c in contenders}  # warm-up (camjax compiles) and the maps to compare
     reference_pp = _torchcam_plus_plus(model, x, ids, layer) if method == "grad_cam_plus_plus" else None
-    correlation = _check(method, contenders, maps, reference_pp, size)
+    correlation = _check(method, contenders, maps, reference_pp)
     times = _interleaved(contenders, repeats)
   for c in contenders:
     median, best = statistics.median(times[c.name]), min(times[c.name])
@@ -334,10 +340,27 @@ def run(*, methods: tuple[str, ...] = METHODS, layer: str | None = None, batch: 
   model, images = _inputs(batch, size)
   rows = []
   for method in methods:
-    at = layer or (MASKED_LAYER if method in ("score_cam", "ablation_cam") else GRADIENT_LAYER)
-    print(f"  {method} at {at}", file=sys.stderr, flush=True)
-    rows += bench_method(method, model=model, images=images, layer=at, repeats=repeats)
+    at = layer or (MASKED_LAYER if method in MASKED else GRADIENT_LAYER)
+    rounds = repeats if method in MASKED else GRADIENT_ROUNDS * repeats
+    print(f"  {method} at {at}, {rounds} rounds (load average {os.getloadavg()[0]:.1f})", file=sys.stderr,
+          flush=True)
+    rows += bench_method(method, model=model, images=images, layer=at, repeats=rounds)
   return rows
+
+
+def summary(rows: list[dict]) -> str:
+  """One line per method: images/s of every contender (median round) and the ratio."""
+  columns = ("camjax_as_grad-cam", "pytorch-grad-cam", "camjax_as_torch-cam", "torch-cam")
+  lines = ["| method | layer | camjax (pytorch-grad-cam's options) | pytorch-grad-cam | camjax (torch-cam's options) "
+           "| torch-cam | camjax / faster library |", "|---|---|---:|---:|---:|---:|---:|"]
+  for method in dict.fromkeys(r["benchmark"].split("/")[1] for r in rows):
+    mine = {r["benchmark"].split("/")[2]: r for r in rows if r["benchmark"].split("/")[1] == method}
+    ratio = next(r for k, r in mine.items() if k.startswith("ratio_"))
+    cells = [f"{mine[c]['value']:.3g}" if c in mine else "-" for c in columns]
+    against = ratio["benchmark"].rsplit("_over_", 1)[1]
+    lines.append(f"| {method} | {ratio['layer']} | " + " | ".join(cells) +
+                 f" | {ratio['value']:.2f} (vs {against}; best rounds {ratio['best_over_best']:.2f}) |")
+  return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -356,9 +379,12 @@ def main(argv: list[str] | None = None) -> int:
   unknown = set(chosen) - set(METHODS)
   if unknown:
     parser.error(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
+  load = os.getloadavg()[0]
   rows = run(methods=chosen, layer=args.layer, batch=args.batch, repeats=args.repeats)
-  pathlib.Path(args.out).write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
-  print(f"Machine: {json.dumps(machine())}\n")
+  info = {**machine(), "torch_threads": os.cpu_count(), "load_average_before_after": [load, os.getloadavg()[0]]}
+  pathlib.Path(args.out).write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
+  print(f"Machine: {json.dumps(info)}\n")
+  print(summary(rows) + "\n")
   print(markdown(rows))
   return 0
 
