@@ -2,7 +2,9 @@
 
 The figure has one row per image and one column per method (after the input):
 each map over the image, the ground-truth boxes in green and the method's
-predicted box in red. The table has one row per method, the localization
+predicted box in red (with ground truth: the largest contour at the method's
+best MaxBoxAcc threshold, its IoU with the ground truth after the method's name;
+without: the CAM paper's box at 20% of the map's maximum). The table has one row per method, the localization
 columns first (percent, higher is better), then faithfulness (arrows give the
 better direction), then the time per image.
 """
@@ -16,8 +18,8 @@ import numpy as np
 
 OUTPUTS = ("methods.md", "methods.json", "methods.png")
 DISPLAY_NAMES = {
-    "grad_cam": "Grad-CAM", "grad_cam_plus_plus": "Grad-CAM++", "smooth_grad_cam_plus_plus": "Smooth Grad-CAM++",
-    "xgrad_cam": "XGrad-CAM", "hires_cam": "HiResCAM", "grad_cam_elementwise": "Grad-CAM elementwise",
+    "grad_cam": "Grad-CAM", "grad_cam_plus_plus": "Grad-CAM++", "smooth_grad_cam_plus_plus": "SmoothGrad-CAM++",
+    "xgrad_cam": "XGrad-CAM", "hires_cam": "HiResCAM", "grad_cam_elementwise": "Grad-CAM elem.",
     "layer_cam": "LayerCAM", "eigen_grad_cam": "EigenGrad-CAM", "score_cam": "Score-CAM", "ss_cam": "SS-CAM",
     "is_cam": "IS-CAM", "ablation_cam": "Ablation-CAM", "eigen_cam": "Eigen-CAM", "backprop_saliency": "Saliency",
     "smooth_grad": "SmoothGrad", "integrated_gradients": "Integrated Grad."}
@@ -75,13 +77,13 @@ def _iou_caption(box: np.ndarray | None, gt: np.ndarray | None) -> str:
   if gt is None or not len(gt):
     return ""
   if box is None or not len(box):
-    return " IoU 0"
-  return f" IoU {float(iou(box, gt).max()):.2f}"
+    return " 0.00"
+  return f" {float(iou(box, gt).max()):.2f}"
 
 
 def figure(images: Sequence[np.ndarray], captions: Sequence[str], maps: dict[str, np.ndarray],
            pred_boxes: dict[str, list], gt_boxes: Sequence[np.ndarray | None] | None = None, *,
-           tile: int = 128, alpha: float = 0.5) -> np.ndarray:
+           tile: int = 144, alpha: float = 0.5) -> np.ndarray:
   """Rows = images, columns = input + methods; ``maps[name]`` is (N, H, W) at the images' resolution."""
   from PIL import Image
 
@@ -107,7 +109,7 @@ def figure(images: Sequence[np.ndarray], captions: Sequence[str], maps: dict[str
       box = pred_boxes[name][i]
       tiles.append(boxed(viz.overlay(small, stack[i], alpha=alpha), box))
       texts.append(DISPLAY_NAMES.get(name, name) + _iou_caption(box, gt))
-  return viz.image_grid(tiles, ncols=len(maps) + 1, captions=texts, font_size=12)
+  return viz.image_grid(tiles, ncols=len(maps) + 1, captions=texts, font_size=11)
 
 
 def write_outputs(results: dict, picture: np.ndarray | None, output: str) -> list[str]:

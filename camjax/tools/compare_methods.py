@@ -55,7 +55,7 @@ def build_parser(prog: str) -> app.ArgumentParser:
   parser.add_argument("--option", action="append", default=[], metavar="NAME.KEY=VALUE",
                       help="a method's keyword, e.g. ss_cam.num_samples=8 or faithfulness.steps=20")
   parser.add_argument("--figure_images", type=int, default=4, help="rows of methods.png")
-  parser.add_argument("--figure_tile", type=int, default=128, help="pixels per tile of methods.png")
+  parser.add_argument("--figure_tile", type=int, default=144, help="pixels per tile of methods.png")
   parser.add_argument("--seed", type=int, default=0, help="random key of the noisy methods and ROAD")
   parser.add_argument("--progress", dest="progress", action="store_true", default=True,
                       help="a progress bar per method on stderr (default)")

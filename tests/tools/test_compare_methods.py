@@ -104,8 +104,8 @@ def test_one_row_per_method_with_the_scores_camjax_localization_gives(compared, 
   assert f"{results['methods']['eigen_cam']['localization']['MaxBoxAccV2']:.1f}" in table[1]
   with Image.open(os.path.join(out, "methods.png")) as picture:
     width, height = picture.size
-  assert width == 5 * 128 + 6 * 4  # the input and one tile per method, 128 px, 4 px apart
-  assert height > 4 * 128  # four images
+  assert width == 5 * 144 + 6 * 4  # the input and one tile per method, 144 px, 4 px apart
+  assert height > 4 * 144  # four images
 
 
 def test_pxap_where_the_batches_have_masks(model, config):
