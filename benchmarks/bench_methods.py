@@ -1,6 +1,7 @@
 """camjax.methods against pytorch-grad-cam and torch-cam: Grad-CAM, Grad-CAM++, Score-CAM and Ablation-CAM speed.
 
-``python -m benchmarks.bench_methods [--layer L] [--batch 8] [--repeats 3] [--methods grad_cam,score_cam]``.
+``python -m benchmarks.bench_methods [--layer L] [--batch 8] [--repeats 3] [--methods grad_cam,score_cam]
+[--torch-threads N]``.
 EfficientNet-Lite0 with the ImageNet weights of the PyTorch port in both frameworks, ``batch``
 photos of scikit-image resized to 224 px, top-1 class of each as the target. Per method, in
 one process on the same cores (``torch.set_num_threads`` = this machine's cores, XLA on all of
@@ -288,10 +289,11 @@ def _interleaved(contenders: list[Contender], repeats: int) -> dict[str, list[fl
 
 
 def bench_method(method: str, *, model: nnx.Module, images: np.ndarray, layer: str, repeats: int,
+                 torch_threads: int | None = None,
                  libraries: tuple[str, ...] = ("grad-cam", "torch-cam")) -> list[dict]:
   import torch
 
-  torch.set_num_threads(os.cpu_count() or 1)
+  torch.set_num_threads(torch_threads or os.cpu_count() or 1)
   net_gc, net_tc = _torch_net(torch), _torch_net(torch)  # one per library: their hooks stay apart
   xt = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
   with torch.no_grad():
@@ -318,6 +320,7 @@ def bench_method(method: str, *, model: nnx.Module, images: np.ndarray, layer: s
     rows.append({"benchmark": f"methods/{method}/{c.name}", "value": round(batch / median, 2), "unit": "images/s",
                  "best": round(batch / best, 2), "seconds": round(median, 3), "layer": layer, "batch": batch,
                  "size": size, "options": c.options,
+                 **({} if c.library is None else {"torch_threads": torch.get_num_threads()}),
                  **({"min_correlation_with_camjax": correlation[c.name]} if c.name in correlation else {})})
   rows.append(_ratio(method, rows))
   return rows
@@ -335,7 +338,7 @@ def _ratio(method: str, rows: list[dict]) -> dict:
 
 
 def run(*, methods: tuple[str, ...] = METHODS, layer: str | None = None, batch: int = 8, size: int = 224,
-        repeats: int = 3) -> list[dict]:
+        repeats: int = 3, torch_threads: int | None = None) -> list[dict]:
   """Rows for ``benchmarks.run``: per method, camjax and each library, and the ratio."""
   model, images = _inputs(batch, size)
   rows = []
@@ -344,7 +347,7 @@ def run(*, methods: tuple[str, ...] = METHODS, layer: str | None = None, batch: 
     rounds = repeats if method in MASKED else GRADIENT_ROUNDS * repeats
     print(f"  {method} at {at}, {rounds} rounds (load average {os.getloadavg()[0]:.1f})", file=sys.stderr,
           flush=True)
-    rows += bench_method(method, model=model, images=images, layer=at, repeats=rounds)
+    rows += bench_method(method, model=model, images=images, layer=at, repeats=rounds, torch_threads=torch_threads)
   return rows
 
 
@@ -373,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated, of " + ", ".join(METHODS))
+  parser.add_argument("--torch-threads", type=int, default=None,
+                      help="PyTorch's threads (default: this machine's cores, as XLA uses; 1 shows how much of a "
+                           "library's time is its threads waiting for each other when other processes load the cores)")
   parser.add_argument("--out", default=str(OUT))
   args = parser.parse_args(argv)
   chosen = tuple(m for m in args.methods.split(",") if m)
@@ -380,8 +386,10 @@ def main(argv: list[str] | None = None) -> int:
   if unknown:
     parser.error(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
   load = os.getloadavg()[0]
-  rows = run(methods=chosen, layer=args.layer, batch=args.batch, repeats=args.repeats)
-  info = {**machine(), "torch_threads": os.cpu_count(), "load_average_before_after": [load, os.getloadavg()[0]]}
+  rows = run(methods=chosen, layer=args.layer, batch=args.batch, repeats=args.repeats,
+             torch_threads=args.torch_threads)
+  info = {**machine(), "torch_threads": args.torch_threads or os.cpu_count(),
+          "load_average_before_after": [load, os.getloadavg()[0]]}
   pathlib.Path(args.out).write_text(json.dumps({"machine": info, "rows": rows}, indent=2))
   print(f"Machine: {json.dumps(info)}\n")
   print(summary(rows) + "\n")
