@@ -160,6 +160,16 @@ def _number(name: str, value: Any, low: float = -math.inf, *, open_low: bool = F
   return out
 
 
+def _subset(name: str, value: str | Sequence[str], allowed: tuple[str, ...]) -> tuple[str, ...]:
+  """One name or several, each in ``allowed``, without repeats, in the given order."""
+  names = tuple(dict.fromkeys([value] if isinstance(value, str) else value))
+  if not names:
+    raise UserError(f"{name} must name {' or '.join(map(repr, allowed))} or both")
+  for item in names:
+    choice(name, item, allowed)
+  return names
+
+
 # ------------------------------------------------------------------------------------- confidence change
 
 
@@ -333,11 +343,7 @@ def deletion_insertion(model: nnx.Module, images: Any, maps: Any, class_ids: Any
 def _deletion_insertion_settings(*, steps=20, chunk_size=32, confidence="probability", baseline=0.0,
                                  insertion_from="blur", blur_size=11, blur_sigma=5.0,
                                  curves=("deletion", "insertion")):
-  curves = tuple(dict.fromkeys([curves] if isinstance(curves, str) else curves))
-  if not curves:
-    raise UserError("curves must name 'deletion', 'insertion' or both")
-  for curve in curves:
-    choice("curves", curve, ("deletion", "insertion"))
+  curves = _subset("curves", curves, ("deletion", "insertion"))
   blur_size = positive("blur_size", blur_size)
   if blur_size % 2 == 0:
     raise UserError(f"blur_size must be odd (the blur keeps the image's size), got {blur_size}")
@@ -611,11 +617,7 @@ def _road_settings(*, percentiles=ROAD_PERCENTILES, orders=("morf", "lerf"), noi
     percentiles = ()
   if not percentiles or any(not 0 <= p <= 100 for p in percentiles):
     raise UserError(f"percentiles must be numbers in [0, 100], e.g. (10, 20, ..., 90), got {percentiles!r}")
-  orders = tuple(dict.fromkeys([orders] if isinstance(orders, str) else orders))
-  if not orders:
-    raise UserError("orders must name 'morf', 'lerf' or both")
-  for order in orders:
-    choice("orders", order, ("morf", "lerf"))
+  orders = _subset("orders", orders, ("morf", "lerf"))
   chunk_size = positive("chunk_size", chunk_size)
   if solve_batch is None:
     solve_batch = 1 if jax.default_backend() == "cpu" else chunk_size
