@@ -7,7 +7,6 @@ the forwards that run use ``width_mult`` and small inputs.
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -16,6 +15,7 @@ from camjax import methods, models
 from camjax.cam import class_activation_maps, maps_from_features
 from camjax.models import inception, layers, resnet
 from camjax.models.layers import count_params
+from test_models import abstract_forward
 
 # Parameter counts of the reference definitions, counted once with torch (sum of p.numel() over
 # model.parameters()): torchvision 0.29's resnet50() and Inception3(aux_logits=True / False), and
@@ -45,12 +45,6 @@ def _abstract(name, num_classes, kw):
   model = nnx.eval_shape(lambda: models.create(name, num_classes=num_classes, **dict(kw)))
   model.eval()  # traced forwards read the BatchNorm statistics instead of updating them (much cheaper to trace)
   return model
-
-
-def abstract_features(model, size):
-  graphdef, state = nnx.split(model)
-  images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
-  return jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x), state, images)
 
 
 def materialize(model, seed=0):
@@ -88,7 +82,7 @@ def test_parameter_counts_equal_the_reference_definitions(name, num_classes):
 def test_feature_maps_at_the_standard_resolution(name, size, side, channels):
   """The map sides the reference definitions give (hooked in torch at 224 px, 299 for Inception v3)."""
   model = abstract(name)
-  logits, features = abstract_features(model, size)
+  logits, features = abstract_forward(model, size, batch=1)
   assert logits.shape == (1, 1000) and features.shape == (1, side, side, channels)
   assert layers.map_size(model.backbone_ops, size) == side
 
@@ -113,7 +107,7 @@ def test_smallest_input_and_one_less(name, kw, min_size):
   model = abstract(name) if not kw else abstract(name, num_classes=5, width_mult=1 / 16, **kw)
   assert model.min_size == min_size  # 75 px is torchvision's own minimum for Inception v3
   with pytest.raises(ValueError, match=f"at least {min_size}x{min_size}"):
-    abstract_features(model, min_size - 1)
+    abstract_forward(model, min_size - 1, batch=1)
 
 
 def test_torchvision_paths_and_added_layers():
