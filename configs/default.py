@@ -26,6 +26,18 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 (parameters stay float32)
   c.model.overrides = ml_collections.ConfigDict()  # extra constructor arguments of the model
 
+  # WSOL training method (Choe et al., CVPR 2020 defaults); camjax.wsol holds the pieces.
+  c.method = ml_collections.ConfigDict()
+  c.method.name = "cam"  # cam | has | acol | spg | adl | cutmix
+  c.method.has_grid_size = 4  # HaS: side of a hidden patch, pixels of the input
+  c.method.has_drop_rate = 0.5  # HaS: probability that a patch is hidden
+  c.method.acol_threshold = 0.7  # ACoL: branch A's normalised map at or above this is erased for branch B
+  c.method.spg_thresholds = ((0.7, 0.01), (0.5, 0.05), (0.7, 0.1))  # SPG: (high, low) of its three stages
+  c.method.adl_drop_rate = 0.75  # ADL: probability of the drop mask (else the importance map)
+  c.method.adl_threshold = 0.9  # ADL: drop where attention >= this fraction of its max
+  c.method.cutmix_beta = 1.0  # CutMix: Beta(beta, beta) of the mixing ratio
+  c.method.cutmix_prob = 1.0  # CutMix: probability a batch is mixed
+
   c.data = ml_collections.ConfigDict()
   c.data.name = "ilsvrc2012_loc"  # ilsvrc2012_loc | cub200_2011 | camjax_shapes | synthetic
   c.data.builder_config = ""
