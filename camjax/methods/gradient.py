@@ -21,6 +21,7 @@ from flax import nnx
 from camjax.methods._core import (
     call, choice, combine_channels, combine_elementwise, first_component, layer_gradients,
     normalize_maps, positive, register, resize, resolve_ids)
+from camjax.errors import UserError
 
 Maps = tuple[jax.Array, jax.Array]
 
@@ -87,39 +88,65 @@ def grad_cam_plus_plus(model: nnx.Module, images: jax.Array, *, layer: str, clas
 
 @register("smooth_grad_cam_plus_plus")
 def _smooth_grad_cam_plus_plus(net, images, class_ids, key, extra, *, relu, eigen_smooth, eps, denominator,
-                               num_samples, noise_std):
+                               num_samples, noise_std, definition):
   logits, (acts,) = net(images)
   acts = acts.astype(jnp.float32)
   ids = resolve_ids(class_ids, logits)
 
-  def add(sums, s):
-    noise = noise_std * jax.random.normal(jax.random.fold_in(key, s), images.shape, jnp.float32)
-    _, _, _, (g,) = layer_gradients(net, images + noise.astype(images.dtype), ids)
-    return (sums[0] + g, sums[1] + g ** 2, sums[2] + g ** 3), None
+  def add(carry, s):
+    sums, _ = carry
+    if extra is None:
+      noise = noise_std * jax.random.normal(jax.random.fold_in(key, s), images.shape, jnp.float32)
+    else:
+      noise = extra[s]
+    _, _, (noisy_acts,), (g,) = layer_gradients(net, images + noise.astype(images.dtype), ids)
+    return ((sums[0] + g, sums[1] + g ** 2, sums[2] + g ** 3), (g, noisy_acts.astype(jnp.float32))), None
 
   zeros = jnp.zeros(ids.shape + acts.shape[1:], jnp.float32)
-  sums, _ = jax.lax.scan(add, (zeros, zeros, zeros), jnp.arange(num_samples))
+  init = ((zeros, zeros, zeros), (zeros, acts))
+  (sums, (last_g, last_acts)), _ = jax.lax.scan(add, init, jnp.arange(num_samples))
   g1, g2, g3 = (s / num_samples for s in sums)
-  weights = _plus_plus_weights(g1, g2, g3, acts, eps, denominator)
-  return _relu(combine_channels(weights, acts, eigen_smooth), relu), logits
+  if definition == "paper":
+    weights = _plus_plus_weights(g1, g2, g3, acts, eps, denominator)
+    return _relu(combine_channels(weights, acts, eigen_smooth), relu), logits
+  # torch-cam: alpha from the averaged powers and the clean activations, then the last noisy
+  # sample's gradient in the weights and its activations in the map.
+  weights = _plus_plus_weights(last_g, g2, g3, acts, eps, "torchcam")
+  return _relu(combine_channels(weights, last_acts, eigen_smooth), relu), logits
 
 
 def smooth_grad_cam_plus_plus(model: nnx.Module, images: jax.Array, *, layer: str, class_ids: Any = None,
                               num_samples: int = 4, noise_std: float = 0.3, key: jax.Array | None = None,
-                              relu: bool = True, eps: float = 1e-6, denominator: str = "paper",
-                              upsample: bool = False, eigen_smooth: bool = False, aug_smooth: bool = False) -> Maps:
+                              noise: jax.Array | None = None, relu: bool = True, eps: float = 1e-6,
+                              denominator: str = "paper", definition: str = "paper", upsample: bool = False,
+                              eigen_smooth: bool = False, aug_smooth: bool = False) -> Maps:
   """Smooth Grad-CAM++ (Omeiza et al. 2019): Grad-CAM++ with ``g, g^2, g^3`` averaged over noisy inputs.
 
-  Follows the paper: ``num_samples`` inputs ``x + N(0, noise_std^2)`` (in model
-  input units; torch-cam's defaults 4 and 0.3), the averaged powers go into
-  Grad-CAM++'s alpha and weights, and the activations are the clean image's.
-  torch-cam differs: it weights with the last noisy sample's gradient and
-  activations; pytorch-grad-cam has no Smooth Grad-CAM++.
+  ``definition="paper"`` (default): ``num_samples`` inputs ``x + N(0, noise_std^2)``
+  (in model input units; torch-cam's defaults 4 and 0.3), the averaged powers go
+  into Grad-CAM++'s alpha and weights, and the activations are the clean image's.
+  ``definition="torchcam"``: torch-cam 0.5's form, alpha from the averaged
+  ``g^2, g^3`` with its denominator and the clean activations, but the weights
+  from the last noisy sample's gradient and the map from that sample's
+  activations. camjax defaults to the paper: torch-cam's map depends on which
+  draw came last. ``noise`` (num_samples, B, H, W, C) replaces the random draws
+  (to reproduce another implementation's); pytorch-grad-cam has no Smooth Grad-CAM++.
   """
   choice("denominator", denominator, ("paper", "torchcam"))
+  choice("definition", definition, ("paper", "torchcam"))
+  extra = None
+  if noise is not None:
+    if aug_smooth:
+      raise UserError("noise= and aug_smooth=True cannot be combined: the augmented views need their own draws")
+    extra = jnp.asarray(noise, jnp.float32)
+    shape = (extra.shape[0],) + tuple(jnp.shape(images))
+    if extra.ndim != 5 or extra.shape != shape:
+      raise UserError(f"noise must be (num_samples, B, H, W, C) = (n, *images.shape), got {extra.shape}")
+    num_samples = extra.shape[0]
   return call("smooth_grad_cam_plus_plus", model, images, class_ids, layers=(layer,), upsample=upsample,
-              aug_smooth=aug_smooth, key=key, relu=relu, eigen_smooth=eigen_smooth, eps=float(eps),
-              denominator=denominator, num_samples=positive("num_samples", num_samples), noise_std=float(noise_std))
+              aug_smooth=aug_smooth, key=key, extra=extra, relu=relu, eigen_smooth=eigen_smooth, eps=float(eps),
+              denominator=denominator, definition=definition, num_samples=positive("num_samples", num_samples),
+              noise_std=float(noise_std))
 
 
 @register("xgrad_cam")

@@ -246,6 +246,10 @@ def test_bad_layers_list_the_valid_ones(model, images):
     methods.grad_cam(model, images, layer=LAYER, class_ids=jnp.array([1, 2, 3]))
   with pytest.raises(UserError, match="fusion"):
     methods.layer_cam(model, images, layer=LAYER, fusion="sum")
+  with pytest.raises(UserError, match=r"noise must be \(num_samples, B, H, W, C\)"):
+    methods.smooth_grad_cam_plus_plus(model, images, layer=LAYER, noise=jnp.zeros(images.shape))
+  with pytest.raises(UserError, match="definition"):
+    methods.smooth_grad_cam_plus_plus(model, images, layer=LAYER, definition="pytorch")
 
 
 def test_efficientnet_head_activation_is_targetable():

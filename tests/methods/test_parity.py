@@ -269,3 +269,28 @@ def _zero_noise_init(init):
     self._distrib = types.SimpleNamespace(sample=lambda shape: torch.zeros(shape))
 
   return patched
+
+
+def test_smooth_grad_cam_plus_plus_matches_torchcam_with_the_same_noise(setup, monkeypatch):
+  """torch-cam's definition (``definition="torchcam"``) on the draws torch-cam makes, fed to camjax as ``noise``."""
+  _torchcam_library()
+  from torchcam.methods import SmoothGradCAMpp
+
+  model, net, x, xt, ids = setup
+  num_samples, std = 3, 0.3
+  noise = np.random.default_rng(0).normal(0.0, std, (num_samples,) + tuple(xt.shape)).astype(np.float32)  # NCHW
+  draws = iter(torch.from_numpy(n) for n in noise)
+
+  def init(self, *args, **kwargs):
+    SmoothGradCAMpp_init(self, *args, **kwargs)
+    self._distrib = types.SimpleNamespace(sample=lambda shape: next(draws))
+
+  SmoothGradCAMpp_init = SmoothGradCAMpp.__init__
+  monkeypatch.setattr(SmoothGradCAMpp, "__init__", init)
+  want = _torchcam("SmoothGradCAMpp", net, xt, ids, "head_act", num_samples=num_samples, std=std)
+  noise_nhwc = jnp.asarray(noise.transpose(0, 1, 3, 4, 2))
+  maps, _ = methods.smooth_grad_cam_plus_plus(model, x, layer="head_act", class_ids=ids, noise=noise_nhwc,
+                                              definition="torchcam", eps=1e-8)
+  _agree(_scale(np.asarray(maps)[:, 0], 1e-8), want, "torch-cam SmoothGradCAMpp")
+  paper, _ = methods.smooth_grad_cam_plus_plus(model, x, layer="head_act", class_ids=ids, noise=noise_nhwc, eps=1e-8)
+  assert not np.allclose(_scale(np.asarray(paper)[:, 0], 1e-8), want, atol=1e-4)  # the two definitions differ
