@@ -167,3 +167,27 @@ def test_ablation_failing_run_ends_in_one_line_with_its_workdir_and_exit_code(tm
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("camjax: error: the run in ")
   assert os.path.join(str(tmp_path), "model_pooling=gap", "seed0") in err[0] and "exit code 3" in err[0]
+
+
+def test_ablation_varies_a_key_of_the_config_argument(tmp_path):
+  wsol = "configs/wsol.py:method=cam,data=cub"
+  assert ablation.with_arg(wsol, "method", "adl") == "configs/wsol.py:method=adl,data=cub"
+  assert ablation.with_arg("c.py", "method", "has") == "c.py:method=has"
+  assert ablation.setting("c.py:data=cub", "arg.method", "spg") == ("c.py:data=cub,method=spg", [], "method=spg")
+  assert ablation.setting("c.py", "model.pooling", "gmp") == ("c.py", ["--config.model.pooling=gmp"],
+                                                             "model_pooling=gmp")
+  family = tmp_path / "family.py"
+  family.write_text(
+      "import importlib.util\n"
+      f"spec = importlib.util.spec_from_file_location('tiny_for_family', {str(h.TINY)!r})\n"
+      "tiny = importlib.util.module_from_spec(spec)\n"
+      "spec.loader.exec_module(tiny)\n\n\n"
+      "def get_config(arg):\n"
+      "  c = tiny.get_config()\n"
+      "  c.model.pooling = dict(p.split('=') for p in arg.split(','))['pooling']\n"
+      "  return c\n")
+  ablation.check_runs(f"{family}:pooling=gap", "arg.pooling", ["gap", "gmp"], [])
+  with pytest.raises(UserError, match="arg.pooling=gmpp"):
+    ablation.check_runs(f"{family}:pooling=gap", "arg.pooling", ["gap", "gmpp"], [])
+  with pytest.raises(UserError, match="key=value pairs"):
+    ablation.check_runs(f"{family}:gap", "arg.pooling", ["gap"], [])

@@ -8,6 +8,14 @@ its own subdirectory (a finished run is reused, so an interrupted ablation
 resumes). The table of means and standard deviations is printed and written to
 ``WORKDIR/ablation.md`` and ``WORKDIR/ablation.json``.
 
+For a config family built from an argument (``configs/wsol.py:method=cam,data=cub``),
+``--field=arg.method`` varies that argument's key instead of a config field, so
+each value gets the family's own settings for it (the WSOL table's per-method
+hyperparameters), not one config with a single field changed:
+
+  python -m camjax.ablation --config=configs/wsol.py:backbone=small,data=shapes \\
+      --workdir=runs/wsol_quick --field=arg.method --values=cam,has,acol,spg,adl,cutmix --seeds=0,1,2
+
 The field, every value and the extra overrides are checked against the config
 before the first run starts; a misspelt field or a value that cannot work ends
 in one line, ``camjax: error: ...``, and exit 2, as does a run that fails.
@@ -28,6 +36,7 @@ import numpy as np
 from camjax import app as camjax_app
 from camjax.errors import UserError
 
+ARG = "arg."  # --field=arg.KEY varies KEY of the config file's argument
 METRICS = ("classification_top1", "gt_known_loc", "top1_loc", "MaxBoxAcc", "MaxBoxAccV2", "PxAP")
 
 
@@ -93,17 +102,42 @@ def check_field(config: Any, field: str) -> None:
                     f"{', '.join(f'{field}.{k}' for k in sorted(node.keys()))}")
 
 
+def with_arg(config: str, key: str, value: str) -> str:
+  """``config`` (``path.py:k=v,k=v``) with ``key`` set to ``value``, added when the argument lacks it."""
+  path, _, arg = config.partition(":")
+  pairs = [p.split("=", 1) for p in arg.split(",") if p]
+  if any(len(p) != 2 for p in pairs):
+    raise UserError(f"--field={ARG}{key} needs a config argument of key=value pairs (path.py:k=v,k=v), "
+                    f"got {config!r}")
+  pairs = [(k, value if k == key else v) for k, v in pairs]
+  if key not in {k for k, _ in pairs}:
+    pairs.append((key, value))
+  return f"{path}:{','.join(f'{k}={v}' for k, v in pairs)}"
+
+
+def setting(config: str, field: str, value: str) -> tuple[str, list[str], str]:
+  """The config path, the override flags and the subdirectory name of one value of ``field``."""
+  if field.startswith(ARG):
+    key = field[len(ARG):]
+    return with_arg(config, key, value), [], f"{key}={value}"
+  return config, [f"--config.{field}={value}"], f"{field.replace('.', '_')}={value}"
+
+
 def check_runs(config: str, field: str, values: Sequence[str], overrides: Sequence[str]) -> None:
   """Before any run: the field exists and every value gives a config ``camjax.main`` accepts."""
   from camjax import main as camjax_main
 
-  check_field(load_config(config, overrides), field)
+  if not field.startswith(ARG):
+    check_field(load_config(config, overrides), field)
+  elif not field[len(ARG):] or "=" in field or "," in field:
+    raise UserError(f"--field={field}: name one key of the config argument, e.g. --field=arg.method")
   for value in values:
-    run_config = load_config(config, [f"--config.{field}={value}", *overrides])
+    path, flags, _ = setting(config, field, value)
+    run_config = load_config(path, [*flags, *overrides])
     try:
       camjax_main.validate_config(run_config, mode="train_and_eval")
     except UserError as e:
-      raise UserError(f"with --config.{field}={value}: {e}") from e
+      raise UserError(f"with {field}={value}: {e}") from e
 
 
 def summarize(runs: dict[str, list[dict]]) -> tuple[dict, str]:
@@ -129,7 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", required=True)
   parser.add_argument("--workdir", required=True)
-  parser.add_argument("--field", default="model.pooling", help="config field to vary")
+  parser.add_argument("--field", default="model.pooling",
+                      help="config field to vary, or arg.KEY for a key of the config file's argument")
   parser.add_argument("--values", default="gap,gmp")
   parser.add_argument("--seeds", default="0,1,2")
   parser.add_argument("overrides", nargs="*", help="extra --config.x=y flags passed to every run (after --)")
@@ -146,9 +181,10 @@ def main(argv: Sequence[str] | None = None) -> int:
   runs: dict[str, list[dict]] = {}
   for value in values:
     for seed in seeds:
-      workdir = os.path.join(args.workdir, f"{args.field.replace('.', '_')}={value}", f"seed{seed}")
-      flags = [f"--config.{args.field}={value}", f"--config.training.seed={seed}", *args.overrides]
-      runs.setdefault(value, []).append(run_one(args.config, workdir, flags))
+      path, flags, name = setting(args.config, args.field, value)
+      workdir = os.path.join(args.workdir, name, f"seed{seed}")
+      flags = [*flags, f"--config.training.seed={seed}", *args.overrides]
+      runs.setdefault(value, []).append(run_one(path, workdir, flags))
   table, markdown = summarize(runs)
   header = f"{args.field} over seeds {seeds} ({args.config}); mean ± standard deviation\n\n"
   with open(os.path.join(args.workdir, "ablation.md"), "w") as f:
