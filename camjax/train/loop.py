@@ -33,6 +33,7 @@ from camjax.train.metrics import MetricsWriter
 from camjax.train.optim import flat_paths, make_optimizer
 from camjax.train.state import ModelDef, build_model
 from camjax.train.step import NonFiniteLossError, compiler_options, make_train_step, nonfinite_message
+from camjax.wsol import training as wsol_training
 
 log = logging.getLogger("camjax.train")
 
@@ -117,6 +118,7 @@ def train(config: Any, workdir: str, *, devices: list | None = None) -> TrainRes
 
   ``devices`` restricts the mesh to some devices (default: all devices of all processes).
   """
+  wsol_training.check_method(config)
   os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh(config.mesh.data, config.mesh.model, devices)
   sharding.per_device_batch(config.training.global_batch_size, mesh.shape[sharding.DATA],

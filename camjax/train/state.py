@@ -19,6 +19,7 @@ from flax import nnx
 
 from camjax import models
 from camjax.train import sharding
+from camjax.wsol import training as wsol_training
 
 log = logging.getLogger("camjax.train")
 
@@ -27,10 +28,16 @@ COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def build_model(config: Any, seed: int | None = None) -> nnx.Module:
-  """The config's model with parameters from ``seed`` (default ``training.seed``)."""
+  """The config's model with parameters from ``seed`` (default ``training.seed``).
+
+  The WSOL method picks the architecture (ACoL, SPG, ADL) and its hyperparameters,
+  so evaluating a run builds the network it trained.
+  """
   overrides = (dict(config.model.overrides.to_dict()) if hasattr(config.model.overrides, "to_dict")
                else dict(config.model.overrides))
   overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+  if config.get("method") is not None:
+    overrides.update(wsol_training.model_overrides(config.method))
   if config.model.dtype != "float32":
     overrides["dtype"] = COMPUTE_DTYPES[config.model.dtype]
   if config.model.use_bias:

@@ -15,6 +15,7 @@ from jax.sharding import PartitionSpec as P
 
 from camjax.train import sharding
 from camjax.train.state import COMPUTE_DTYPES, ModelDef
+from camjax.wsol import training as wsol_training
 
 log = logging.getLogger("camjax.train")
 
@@ -82,15 +83,18 @@ def compiler_options(mesh) -> dict[str, str] | None:
 
 def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, schedule: optax.Schedule,
                     config: Any, mesh) -> Callable:
-  """The pure step ``(state, batch) -> (state, metrics)``; gradient accumulation over micro-batches."""
+  """The pure step ``(state, batch) -> (state, metrics)``; gradient accumulation over micro-batches.
+
+  The loss is the WSOL method's (``config.method``, see ``camjax.wsol.training``);
+  HaS and CutMix draw from a key of the seed and the step counter, one per micro-batch.
+  """
   accum = int(config.training.grad_accum_steps)
   dtype = COMPUTE_DTYPES[config.model.dtype]
+  method, seed = config.method, int(config.training.seed)
 
-  def loss_fn(params, batch_stats, other, images, labels):
+  def loss_fn(params, batch_stats, other, images, labels, key):
     model = model_def.merge(params, batch_stats, other, train=True)
-    logits, _ = model(images.astype(dtype))
-    logits = logits.astype(jnp.float32)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    loss, logits = wsol_training.method_loss(method, model, images.astype(dtype), labels, key)
     _, new_stats, new_other = model_def.split(model)
     correct = jnp.sum(jnp.argmax(logits, -1) == labels)
     return loss, (correct, new_stats, new_other)
@@ -100,8 +104,10 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, sched
   def step_fn(state, batch):
     images, labels, step = batch["image"], batch["label"], state["step"]
     params = state["params"]
+    step_key = wsol_training.method_key(seed, step)
     if accum == 1:
-      (loss, (correct, stats, other)), grads = grad_fn(params, state["batch_stats"], state["other"], images, labels)
+      (loss, (correct, stats, other)), grads = grad_fn(params, state["batch_stats"], state["other"], images, labels,
+                                                       jax.random.fold_in(step_key, 0))
     else:
       # Micro-batch i holds rows j * accum + i, so every device keeps its own rows.
       micro = NamedSharding(mesh, P(None, sharding.DATA))
@@ -112,13 +118,16 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, sched
 
       def body(carry, mb):
         g_sum, loss_sum, correct_sum, stats, other = carry
-        (loss, (correct, stats, other)), g = grad_fn(params, stats, other, mb[0], mb[1])
+        mb_images, mb_labels, index = mb
+        (loss, (correct, stats, other)), g = grad_fn(params, stats, other, mb_images, mb_labels,
+                                                     jax.random.fold_in(step_key, index))
         g_sum = jax.tree.map(jnp.add, g_sum, g)
         return (g_sum, loss_sum + loss, correct_sum + correct, stats, other), None
 
       zeros = jax.tree.map(jnp.zeros_like, params)
       init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32), state["batch_stats"], state["other"])
-      (grads, loss, correct, stats, other), _ = jax.lax.scan(body, init, (split(images), split(labels)))
+      (grads, loss, correct, stats, other), _ = jax.lax.scan(
+          body, init, (split(images), split(labels), jnp.arange(accum)))
       grads = jax.tree.map(lambda g: g / accum, grads)
       loss = loss / accum
     updates, opt_state = tx.update(grads, state["opt_state"], params)
