@@ -117,25 +117,29 @@ def test_cam_is_plain_cross_entropy_and_has_or_cutmix_that_change_nothing_equal_
 
 
 def test_the_step_draws_hide_and_seek_from_the_seed_and_step_one_key_per_micro_batch():
-  """Two micro-batches (rows 0, 2, ... and 1, 3, ...): the step's loss is the mean of HaS losses with keys
-  fold_in(method_key(seed, step), i), computed here outside the step."""
+  """Two micro-batches (rows 0, 2, ... and 1, 3, ...): the loss of step t is the mean of HaS losses with keys
+  fold_in(method_key(seed, t), i), computed here outside the step, for t = 0 and 1."""
   c = tiny(**{"method.name": "has", "training.grad_accum_steps": 2, "training.seed": 3})
   mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
   state, _, model_def, tx, schedule = train.init_state(c, mesh, 10)
+  step_fn = jax.jit(train.make_train_step(model_def, tx, schedule, c, mesh))
   batch = _batch(seed=1)
-  _, metrics = jax.jit(train.make_train_step(model_def, tx, schedule, c, mesh))(state, batch)
-  step_key = training.method_key(3, 0)
-  losses = []
-  for i in range(2):
+
+  def loss(state, i, key):
     model = model_def.merge(state["params"], state["batch_stats"], state["other"], train=True)
-    loss, _ = training.method_loss(c.method, model, batch["image"][i::2], batch["label"][i::2],
-                                   jax.random.fold_in(step_key, i))
-    losses.append(float(loss))
-  np.testing.assert_allclose(metrics["loss"], np.mean(losses), rtol=1e-5)
-  one_key = [float(training.method_loss(c.method, model_def.merge(state["params"], state["batch_stats"],
-                                                                  state["other"], train=True),
-                                        batch["image"][i::2], batch["label"][i::2], step_key)[0]) for i in range(2)]
-  assert abs(float(metrics["loss"]) - np.mean(one_key)) > 1e-4  # the micro-batches' keys are not the step's
+    return float(training.method_loss(c.method, model, batch["image"][i::2], batch["label"][i::2], key)[0])
+
+  for t in range(2):
+    new_state, metrics = step_fn(state, batch)
+    step_key = training.method_key(3, t)
+    np.testing.assert_allclose(metrics["loss"], np.mean([loss(state, i, jax.random.fold_in(step_key, i))
+                                                          for i in range(2)]), rtol=1e-6)
+    # Not the step's key itself for both micro-batches, nor the other step's draw (10 times the tolerance).
+    assert abs(float(metrics["loss"]) - np.mean([loss(state, i, step_key) for i in range(2)])) > 1e-5
+    other = training.method_key(3, 1 - t)
+    assert abs(float(metrics["loss"]) - np.mean([loss(state, i, jax.random.fold_in(other, i))
+                                                 for i in range(2)])) > 1e-5
+    state = new_state
 
 
 # ---------------------------------------------------------------- runs of the real loop
