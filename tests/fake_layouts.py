@@ -215,3 +215,72 @@ def write_image(path: str, width: int, height: int, seed: int) -> None:
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path, "wb") as f:
     f.write(jpeg_bytes(width, height, seed))
+
+
+
+OPENIMAGES_CLASSES = ("0bt_c3", "0by6g")
+OPENIMAGES_TEST_A = f"test/{OPENIMAGES_CLASSES[0]}/0a51958fcd523ae4.jpg"
+OPENIMAGES_TEST_B = f"test/{OPENIMAGES_CLASSES[1]}/1cd9ac0169ec7df0.jpg"
+OPENIMAGES_CORRUPT = f"train/{OPENIMAGES_CLASSES[1]}/10aa00000000000.jpg"
+
+
+def rectangle(height: int, width: int, rows: tuple[int, int], cols: tuple[int, int]) -> np.ndarray:
+  """A bool (height, width) mask, True on the inclusive ``rows`` x ``cols`` rectangle."""
+  a = np.zeros((height, width), bool)
+  a[rows[0]:rows[1] + 1, cols[0]:cols[1] + 1] = True
+  return a
+
+
+def make_openimages(root: str, *, bad: Iterable[str] = ()) -> dict[str, dict]:
+  """A 2-class OpenImages30k manual folder in the standard's layout; returns {split: {id: {...}}}.
+
+  Each expectation holds "label", "size" (w, h), "mask" and "ignore" (bool at the image size;
+  empty on train). ``test`` has two 8x8 images: ``OPENIMAGES_TEST_A`` with two instances (the
+  second listed with an empty ignore path, as the standard writes it) and an ignore region that
+  overlaps the first; ``OPENIMAGES_TEST_B`` with one instance stored at 16x16 and an all-zero RGB
+  ignore file (as the standard's). ``bad`` may hold "corrupt" (``OPENIMAGES_CORRUPT`` is not a
+  JPEG) and "missing_mask" (test B's mask file is absent); bad examples are left out of the
+  expectations.
+  """
+  bad = set(bad)
+  folder = os.path.join(root, "OpenImages")  # images and masks, as the standard's zips extract
+  expect: dict[str, dict] = {"train": {}, "train_fullsup": {}, "test": {}}
+  lines = {s: {"image_ids.txt": [], "class_labels.txt": [], "localization.txt": []} for s in ("train", "val", "test")}
+
+  def add(iid, label, size, seed, instances=(), ignore=None, stored=None):
+    split = {"train": "train", "val": "train_fullsup", "test": "test"}[iid.split("/")[0]]
+    w, h = size
+    data = CORRUPT if "corrupt" in bad and iid == OPENIMAGES_CORRUPT else jpeg_bytes(w, h, seed)
+    _write(folder, {iid: data})
+    lines[iid.split("/")[0]]["image_ids.txt"].append(iid)
+    lines[iid.split("/")[0]]["class_labels.txt"].append(f"{iid},{label}")
+    stem = iid[:-len(".jpg")]
+    missing = "missing_mask" in bad and iid == OPENIMAGES_TEST_B
+    for k, instance in enumerate(instances):
+      path = f"{stem}_m{OPENIMAGES_CLASSES[label]}_{k:08x}.png"
+      if not missing:
+        _write(folder, {path: png_bytes(np.where(instance if stored is None else stored[k], 255, 0))})
+      lines[iid.split("/")[0]]["localization.txt"].append(f"{iid},{path},{stem + '_ignore.png' if k == 0 else ''}")
+    if instances:
+      _write(folder, {f"{stem}_ignore.png": png_bytes(np.repeat(np.where(ignore, 255, 0)[..., None], 3, axis=2))})
+    if data is not CORRUPT and not missing:
+      none = np.zeros((h, w), bool)
+      expect[split][iid] = {"label": label, "size": size, "mask": np.any(instances, axis=0) if instances else none,
+                            "ignore": none if ignore is None else ignore}
+
+  for label, cls in enumerate(OPENIMAGES_CLASSES):
+    for k in range(2):
+      add(f"train/{cls}/{label}{k}aa00000000000.jpg", label, (12 + 2 * k, 9 + label), 700 + 10 * label + k)
+    add(f"val/{cls}/{label}bb00000000000.jpg", label, (10, 10), 720 + label,
+        instances=[rectangle(10, 10, (2, 6), (3, 7 - label))], ignore=rectangle(10, 10, (0, 1), (0, 9)))
+  add(OPENIMAGES_TEST_A, 0, (8, 8), 730, instances=[rectangle(8, 8, (1, 3), (1, 3)), rectangle(8, 8, (5, 6), (4, 6))],
+      ignore=rectangle(8, 8, (0, 2), (2, 7)))
+  add(OPENIMAGES_TEST_B, 1, (8, 8), 731, instances=[rectangle(8, 8, (2, 5), (2, 5))], ignore=np.zeros((8, 8), bool),
+      stored=[rectangle(16, 16, (4, 11), (4, 11))])
+  for split, files in lines.items():
+    split_dir = os.path.join(root, "metadata", "OpenImages", split)
+    os.makedirs(split_dir, exist_ok=True)
+    for name, text in [*files.items(), ("image_sizes.txt", [])]:  # image_sizes.txt ships empty
+      with open(os.path.join(split_dir, name), "w") as f:
+        f.writelines(f"{line}\n" for line in text)
+  return expect

@@ -1,8 +1,8 @@
 """camjax data sets: TFDS builders stored as ArrayRecord, read back with ``tfds.data_source``.
 
 Importing this package registers the builders ``camjax_shapes`` (built in, no
-download), ``ilsvrc2012_loc`` and ``cub200_2011`` (from the user's manual
-download). ``prepare`` builds a data set once and returns its builder;
+download), ``ilsvrc2012_loc``, ``cub200_2011`` and ``openimages30k`` (from the
+user's manual download). ``prepare`` builds a data set once and returns its builder;
 ``prepare_from_config`` does it for the data set a config names (the synthetic
 one included); ``builder.as_data_source(split)`` then gives random access to
 records in the schema of ``camjax.data.examples``.
@@ -33,18 +33,18 @@ def default_data_dir() -> str:
 
 
 def default_manual_dir(data_dir: str | None = None) -> str:
-  """Where ILSVRC / CUB downloads are looked for unless told: ``<data_dir>/downloads/manual`` (as in TFDS)."""
+  """Where manual downloads (ILSVRC, CUB, OpenImages) are looked for unless told: ``<data_dir>/downloads/manual``."""
   return os.path.join(os.path.expanduser(data_dir or default_data_dir()), "downloads", "manual")
 
 
 def builder_names() -> list[str]:
-  return ["camjax_shapes", "ilsvrc2012_loc", "cub200_2011"]
+  return ["camjax_shapes", "ilsvrc2012_loc", "cub200_2011", "openimages30k"]
 
 
 def _builder_class(name: str):
 
   classes = {"camjax_shapes": shapes.CamjaxShapes, "ilsvrc2012_loc": ilsvrc.Ilsvrc2012Loc,
-             "cub200_2011": cub.Cub2002011}
+             "cub200_2011": cub.Cub2002011, "openimages30k": openimages.OpenImages30k}
   if name not in classes:
     raise UserError(f"unknown data set {name!r}; known: {', '.join(builder_names())}")
   return classes[name]
@@ -71,7 +71,7 @@ def prepare(name: str = "camjax_shapes", data_dir: str | None = None, config: An
 
   ``config`` is a config name or a ``BuilderConfig`` object (a config with another
   seed or size must have its own name). ``manual_dir`` holds the user's downloads
-  for ILSVRC and CUB (default ``<data_dir>/downloads/manual``). ``on_bad_data``:
+  for ILSVRC, CUB and OpenImages (default ``<data_dir>/downloads/manual``). ``on_bad_data``:
   "skip" or "fail" for every split; None means skip on train, fail elsewhere.
   Never touches the network: prepared data are only read from ``data_dir``.
   """
@@ -118,4 +118,4 @@ __all__ = [
 ]
 
 # Register the builders with TFDS so tfds.data_source("camjax_shapes/...", ...) finds them.
-from camjax.data import cub, ilsvrc, shapes  # noqa: E402,F401
+from camjax.data import cub, ilsvrc, openimages, shapes  # noqa: E402,F401
