@@ -8,7 +8,8 @@ and feed the streaming accumulators of ``camjax.localization``:
 - paper protocol (Zhou et al. 2016): top-1/top-5 localization and
   classification errors, GT-known localization accuracy;
 - WSOL protocol (Choe et al. 2020): MaxBoxAcc (v1), MaxBoxAccV2, top-1
-  localization, and PxAP when the data set has masks.
+  localization, and PxAP when the data set has masks (with the ignore
+  regions of OpenImages30k, which has no boxes: PxAP alone).
 
 Every process scores its share; the counts are summed across processes and
 process 0 writes ``eval_results.json`` and the ``eval`` records of ``metrics.jsonl``.
@@ -28,6 +29,7 @@ from flax import traverse_util
 from jax.experimental import multihost_utils
 
 from camjax import cam
+from camjax.data.openimages import IgnoreRegions
 from camjax.train import data as train_data, sharding
 from camjax.errors import UserError
 from camjax.localization.maps import min_max  # per-map min-max to [0, 1], as the saved-map scorer
@@ -109,8 +111,10 @@ def evaluate(model_state: Any, config: Any, workdir: str) -> dict:
   protocols = set(config.eval.protocols) if with_maps else set()
   thresholds = np.arange(0.0, 1.0, config.eval.wsol_threshold_step)
   paper = localization.PaperAccumulator(config.eval.paper_threshold) if "paper" in protocols else None
+  # Ignore regions mean mask annotations without boxes (OpenImages30k): there the WSOL protocol is PxAP alone.
+  ignore_regions = IgnoreRegions.for_eval(config) if "wsol" in protocols else None
   wsol = (localization.WsolAccumulator(thresholds, tuple(config.eval.iou_thresholds), "both")
-          if "wsol" in protocols else None)
+          if "wsol" in protocols and ignore_regions is None else None)
   pxap = None
   baseline = None
   if config.eval.baseline and protocols:
@@ -156,7 +160,8 @@ def evaluate(model_state: Any, config: Any, workdir: str) -> dict:
       wsol.add(gt_maps, boxes, top1_correct=ids[:, 0] == label)
     masks = np.asarray(batch["mask"])[valid] > 0 if "mask" in batch else None
     if pxap is not None:
-      pxap.add(gt_maps, masks)
+      ignore = None if ignore_regions is None else ignore_regions(np.asarray(batch["index"])[valid])
+      pxap.add(gt_maps, masks, ignore)
     if baseline is not None:
       baseline.add(maps.shape[-2:], ids, [int(v) for v in label], boxes, masks)
 

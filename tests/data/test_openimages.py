@@ -119,3 +119,28 @@ def test_no_ignore_regions_for_data_sets_without_them():
   config = default.get_config()
   config.data.name = "synthetic"
   assert IgnoreRegions.for_eval(config) is None
+
+
+def test_eval_loop_scores_pxap_alone_with_the_ignore_regions(built, tmp_path, monkeypatch):
+  import jax
+
+  from camjax import train
+  from camjax.evaluation import loop as eval_loop
+  from tests._train_helpers import tiny
+
+  _, expect, root = built
+  config = tiny(**{"data.name": "openimages30k", "data.builder_config": "wsol", "data.data_dir": str(root / "data"),
+                   "data.manual_dir": str(root / "manual"), "data.eval_split": "test", "data.image_size": 8,
+                   "model.num_classes": 2, "training.num_steps": 1, "training.global_batch_size": 2,
+                   "eval.batch_size": 2, "eval.protocols": ("wsol",)})
+  seen, add = [], localization.PxapAccumulator.add
+
+  def spy(self, maps, fg, ignore=None):
+    seen.append(ignore)
+    return add(self, maps, fg, ignore)
+
+  monkeypatch.setattr(localization.PxapAccumulator, "add", spy)
+  results = eval_loop.evaluate(train.train(config, str(tmp_path), devices=jax.devices()[:1]), config, str(tmp_path))
+  assert "wsol" not in results and results["pxap"]["num_images"] == 2
+  assert sorted(int(m.sum()) for m in np.concatenate(seen)) == sorted(
+      int(w["ignore"].sum()) for w in expect["test"].values())
