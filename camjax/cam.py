@@ -59,6 +59,26 @@ def maps_from_features(features: jax.Array, kernel: jax.Array, class_ids: jax.Ar
                     precision=jax.lax.Precision.HIGHEST)
 
 
+def class_maps(model: nnx.Module, features: jax.Array, class_ids: jax.Array) -> jax.Array:
+  """(B, K, h, w) float32 localization maps of ``class_ids`` (B, K) from the ``features`` the model returned.
+
+  A model that defines its own ``class_maps(features, class_ids)`` gives its
+  maps (an ACoL network fuses two branches' class maps); every other model's
+  are CAM's, ``maps_from_features`` with its classifier kernel.
+  """
+  own = getattr(model, "class_maps", None)
+  if own is not None:
+    return own(features, class_ids)
+  kernel, _ = cam_weights(model)
+  return maps_from_features(features, kernel, class_ids)
+
+
+def check_class_maps(model: nnx.Module) -> None:
+  """Raise ``NotCamCompatible`` (outside jit, with the reason) when ``class_maps`` cannot serve ``model``."""
+  if getattr(model, "class_maps", None) is None:
+    cam_weights(model)
+
+
 def upsample_maps(maps: jax.Array, size: tuple[int, int]) -> jax.Array:
   """Bilinear resize of (B, K, h, w) maps to (B, K, H, W), half-pixel centres."""
   batch, k = maps.shape[:2]
@@ -81,10 +101,9 @@ def _cam_step(graphdef, state, images, class_ids, *, top_k: int, upsample: bool,
   model.eval()
   logits, features = model(images)
   logits = logits.astype(jnp.float32)
-  kernel, _ = cam_weights(model)
   ids = _select_classes(logits, "all" if class_mode == "all" else (None if class_mode == "top_k" else class_ids), top_k)
   probs = jnp.take_along_axis(jax.nn.softmax(logits, axis=-1), ids, axis=1)
-  maps = maps_from_features(features, kernel, ids)
+  maps = class_maps(model, features, ids)
   upsampled = upsample_maps(maps, images.shape[1:3]) if upsample else None
   return CamOutput(logits, ids, probs, maps, upsampled)
 
@@ -100,8 +119,9 @@ def class_activation_maps(
   """Logits and per-class CAMs of ``images`` (B, H, W, 3) in one jitted forward pass.
 
   Args:
-    model: a camjax model with a global-pooling linear head (``cam_weights``);
-      it is run in eval mode (BatchNorm running statistics, no dropout).
+    model: a camjax model with a global-pooling linear head (``cam_weights``)
+      or its own ``class_maps`` (see ``class_maps``); it is run in eval mode
+      (BatchNorm running statistics, no dropout).
     images: NHWC float array (float32, or bfloat16 if the model computes in it).
     top_k: with ``class_ids=None``, the maps of the ``top_k`` highest logits.
     class_ids: ``None`` (top-k), ``"all"`` (every class; memory grows with C),
@@ -109,7 +129,7 @@ def class_activation_maps(
       GT-known scoring) or (B, K).
     upsample: also return the maps bilinearly resized to the input size.
   """
-  cam_weights(model)  # fail early, outside jit, with a clear message
+  check_class_maps(model)  # fail early, outside jit, with a clear message
   if images.ndim != 4:
     raise ValueError(f"images must be (B, H, W, C), got shape {images.shape}")
   if isinstance(class_ids, str):

@@ -1,7 +1,8 @@
 """Evaluation of a trained state: jitted CAMs on the mesh, scores on the host, JSON in the workdir.
 
 One forward pass per batch gives the logits and, for the top-k classes and the
-ground-truth class, the class activation maps upsampled to the image size.
+ground-truth class, the class activation maps upsampled to the image size
+(``camjax.cam.class_maps``: CAM, or the model's own maps, as ACoL's).
 The maps come to the host batch by batch (each process takes its own rows)
 and feed the streaming accumulators of ``camjax.localization``:
 
@@ -51,8 +52,7 @@ def _cam_fn(model_def: Any, top_k: int, dtype: Any, with_maps: bool):
     ids = jnp.concatenate([jax.lax.top_k(logits, top_k)[1], labels[:, None]], axis=1).astype(jnp.int32)
     if not with_maps:
       return logits, ids, jnp.zeros((images.shape[0], 0), jnp.float32)
-    kernel, _ = cam.cam_weights(model)
-    maps = cam.upsample_maps(cam.maps_from_features(features, kernel, ids), images.shape[1:3])
+    maps = cam.upsample_maps(cam.class_maps(model, features, ids), images.shape[1:3])
     return logits, ids, maps
 
   return fn
@@ -86,7 +86,7 @@ def num_eval_batches(batches: Any) -> int | None:
 def _is_cam_model(model_def: Any, state: dict) -> bool:
   model = model_def.merge(state["params"], state["batch_stats"], state["other"], train=False)
   try:
-    cam.cam_weights(model)
+    cam.check_class_maps(model)
     return True
   except NotCamCompatible:
     return False

@@ -10,7 +10,8 @@ over the first few evaluation images:
 - ``top5.png``: the CAMs of the five best classes of one image with class
   name and probability above each (the paper's Fig. 4 layout);
 - ``class_units.png``: the units with the largest classifier weight for that
-  image's class and the images that excite them most (paper Sec. 5).
+  image's class and the images that excite them most (paper Sec. 5); models
+  whose maps are their own (ACoL) have no such classifier and skip it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import jax
 import numpy as np
 
 from camjax import cam, localization
+from camjax.models.base import NotCamCompatible
 from camjax.report import charts, figures as viz
 from camjax.train import data as train_data, sharding
 
@@ -145,8 +147,11 @@ def write_pictures(model: Any, config: Any, workdir: str, names: list[str]) -> l
   figures.append(("CAMs of the five best classes of one image", viz.save_png(
       top5, os.path.join(workdir, "top5.png"))))
 
+  try:
+    kernel, _ = cam.cam_weights(model)
+  except NotCamCompatible:  # maps of the model's own (ACoL's fused branches): no classifier units to show
+    return figures
   _, features = model(images)
-  kernel, _ = cam.cam_weights(model)
   units, _ = viz.class_units_figure(np.asarray(features), shown, np.asarray(kernel), int(ids[first, 0]),
                                     top_units=4, top_images=min(4, len(images)), cmap=cmap, tile=size)
   figures.append((f"Class-specific units of '{names[ids[first, 0]]}' and the images that excite them most",

@@ -11,8 +11,8 @@ normalised maps of that class, B's computed with that class's region erased
 (the standard's ``return_cam`` with the class as label).
 
 This module also holds the architecture switch the WSOL backbones share
-(``ARCHITECTURES``, ``check_architecture``) and the per-map min-max
-normalisation that ACoL's erasing and SPG's attention both use.
+(``ARCHITECTURES``, ``check_architecture``, ``ArchitectureSwitch``) and the
+per-map min-max normalisation that ACoL's erasing and SPG's attention both use.
 """
 
 from __future__ import annotations
@@ -52,6 +52,32 @@ def check_architecture(architecture: str, *, acol_threshold: float, adl_drop_rat
   check_threshold(acol_threshold)
   adl.check_params(adl_drop_rate, adl_threshold)
   return architecture
+
+
+class ArchitectureSwitch:
+  """Mixin of the WSOL backbones: ``architecture`` decides which of ``wsol_outputs`` and ``class_maps`` exist.
+
+  ``wsol_outputs(images, labels)`` (ACoL and SPG: what their losses need) is
+  the subclass's ``_wsol_outputs``; ``class_maps(features, class_ids)`` (ACoL:
+  the fused maps) is the head's. Elsewhere they raise ``AttributeError``, so
+  ``hasattr`` tells a caller whether the built network has them.
+  """
+
+  architecture = "cam"
+
+  @property
+  def wsol_outputs(self):
+    if self.architecture not in ("acol", "spg"):
+      raise AttributeError(f"wsol_outputs exists for architecture 'acol' or 'spg', not {self.architecture!r}: "
+                           "train this network on model(images)[0]")
+    return self._wsol_outputs
+
+  @property
+  def class_maps(self):
+    if self.architecture != "acol":
+      raise AttributeError(f"architecture {self.architecture!r} has no class_maps of its own: its maps are CAM's "
+                           "(camjax.cam.class_maps)")
+    return self.head.class_maps
 
 
 def normalize_maps(maps: jax.Array) -> jax.Array:
