@@ -284,6 +284,10 @@ def fit_and_score(config: Any, dataset: Any, *, split: str, per_class: int, step
   finally:
     batches.close()
   seconds["train"] = time.perf_counter() - start
+  tail = max(1, min(10, steps // 10))
+  first, last = float(np.mean(trained.losses[:tail])), float(np.mean(trained.losses[-tail:]))
+  print(f"trained {steps} steps in {seconds['train']:.1f} s (with compile); loss {first:.4f} -> {last:.4f} "
+        f"(mean of the first and last {tail} steps)", flush=True)
 
   start = time.perf_counter()
   map_fn = few_shot.make_map_fn(trained.model_def, dtype)
@@ -291,7 +295,6 @@ def fit_and_score(config: Any, dataset: Any, *, split: str, per_class: int, step
   scores = score(lambda images: map_fn(trained.state, jnp.asarray(images)), eval_batches, protocol_of(config),
                  progress=config.training.progress_bar, total=len(eval_batches))
   seconds["eval"] = time.perf_counter() - start
-  tail = max(1, min(10, steps // 10))
   return {
       "title": f"Few-shot localization baseline on {name}",
       "description": describe(name, split, choice, per_class, target, config, steps),
@@ -300,8 +303,7 @@ def fit_and_score(config: Any, dataset: Any, *, split: str, per_class: int, step
       "images_per_class": {str(c): n for c, n in choice.per_class.items()}, "indices": choice.indices,
       "unreadable": choice.unreadable, "target": target, "steps": steps, "batch_size": batch_size, "lr": lr,
       "weight_decay": weight_decay, "seed": seed,
-      "loss": {"first": float(np.mean(trained.losses[:tail])), "last": float(np.mean(trained.losses[-tail:])),
-               "steps_averaged": tail},
+      "loss": {"first": first, "last": last, "steps_averaged": tail},
       "eval_split": d.eval_split, "scores": scores, "seconds": seconds, "device": str(jax.devices()[0]),
   }
 
