@@ -16,8 +16,11 @@ import pytest
 from flax import nnx
 
 from camjax import cam, models
+from camjax.models import vgg
 from camjax.models.base import NotCamCompatible
+from camjax.models.layers import count_params
 from camjax.train.state import ModelDef
+from camjax.weights import load_pretrained
 from camjax.wsol import acol, spg
 from test_models import materialize
 
@@ -130,3 +133,118 @@ def test_class_map_hook_serves_acol_maps_and_cam_for_the_rest():
 def test_small_gap_rejects_bad_architecture_values_with_one_line(kw, message):
   with pytest.raises(ValueError, match=message):
     models.create("small_gap", num_classes=3, **{**SMALL, **kw})
+
+
+# The standard's backbones, traced only.
+
+# wsolevaluation's wsol.vgg16 / resnet50 / inception_v3(architecture_type, num_classes=...) counted once with torch
+# (sum of p.numel() over model.parameters(); the same with and without large_feature_map). ADL adds no parameter.
+REFERENCE_PARAMS = {
+    ("vgg16_wsol", "acol", 1000): 45_080_336, ("vgg16_wsol", "acol", 200): 43_440_336,
+    ("vgg16_wsol", "spg", 1000): 29_387_562, ("vgg16_wsol", "spg", 200): 28_977_162,
+    ("vgg16_wsol", "adl", 1000): 20_459_304, ("vgg16_wsol", "adl", 200): 19_639_304,
+}
+
+
+@functools.lru_cache(maxsize=None)
+def abstract(name, architecture, num_classes=1000, **kw):
+  return nnx.eval_shape(lambda: models.create(name, num_classes=num_classes, architecture=architecture, **kw))
+
+
+@pytest.mark.parametrize("name, architecture, num_classes", sorted(REFERENCE_PARAMS))
+def test_parameter_counts_equal_the_reference_definitions(name, architecture, num_classes):
+  assert count_params(abstract(name, architecture, num_classes)) == REFERENCE_PARAMS[name, architecture, num_classes]
+
+
+def _traced(model, size=224):
+  """Shapes of the eval forward's features and, for ACoL and SPG, of the train-mode wsol_outputs and class maps."""
+  images = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
+  labels = jax.ShapeDtypeStruct((1,), jnp.int32)
+  model.eval()
+  graphdef, state = nnx.split(model)
+  shapes = {"features": jax.eval_shape(lambda s, x: nnx.merge(graphdef, s)(x)[1], state, images).shape}
+  if model.architecture == "acol":
+    maps = lambda s, x, y: cam.class_maps(nnx.merge(graphdef, s), nnx.merge(graphdef, s)(x)[1], y[:, None])
+    shapes["class_maps"] = jax.eval_shape(maps, state, images, labels).shape
+  if model.architecture in ("acol", "spg"):
+    model.train()
+    graphdef, state = nnx.split(model)
+    out = jax.eval_shape(lambda s, x, y: nnx.merge(graphdef, s).wsol_outputs(x, y), state, images, labels)
+    shapes.update({k: v.shape for k, v in out.items()})
+    model.eval()
+  return shapes
+
+
+def _expected_shapes(architecture, side, channels, classes=10):
+  """The sides the reference definitions give at 224 px (hooked in torch): every map at the CAM map's side."""
+  if architecture == "acol":
+    return {"features": (1, side, side, channels), "class_maps": (1, 1, side, side), "logits": (1, classes),
+            "logits_b": (1, classes), "maps_a": (1, side, side, classes), "maps_b": (1, side, side, classes)}
+  if architecture == "spg":
+    maps = {k: (1, side, side) for k in ("logits_b1", "logits_b2", "logits_c")}
+    return {"features": (1, side, side, channels), "logits": (1, classes), "attention": (1, 224, 224),
+            "fused_attention": (1, 224, 224), **maps}
+  return {"features": (1, side, side, channels)}
+
+
+# (name, architecture) -> channels of the features the head reads.
+FEATURE_CHANNELS = {("vgg16_wsol", "acol"): 512, ("vgg16_wsol", "spg"): 512, ("vgg16_wsol", "adl"): 1024}
+
+
+@pytest.mark.parametrize("name, architecture", sorted(FEATURE_CHANNELS))
+@pytest.mark.parametrize("large_feature_map, side", [(True, 28), (False, 14)])
+def test_map_sizes_at_224_px_are_the_standards(name, architecture, large_feature_map, side):
+  model = abstract(name, architecture, 10, large_feature_map=large_feature_map)
+  assert _traced(model) == _expected_shapes(architecture, side, FEATURE_CHANNELS[name, architecture])
+
+
+def _standard_vgg16_config(architecture, large_feature_map):
+  """The standard's configs_dict entries for VGG16, written out (widths, "M" 2x2/2, "M1" 3x3/2/1, "M2" 3x3/1/1, "A")."""
+  head = [64, 64, "M", 128, 128, "M", 256, 256, 256]
+  four, five = [512] * 3, [512] * 3
+  return {
+      ("cam", True): head + ["M"] + four + five,
+      ("cam", False): head + ["M"] + four + ["M"] + five,
+      ("acol", True): [64, 64, "M1", 128, 128, "M1", 256, 256, 256, "M1"] + four + ["M2"] + five + ["M2"],
+      ("acol", False): [64, 64, "M1", 128, 128, "M1", 256, 256, 256, "M1"] + four + ["M1"] + five + ["M2"],
+      ("adl", True): head + ["M", "A"] + four + ["A"] + five + ["A"],
+      ("adl", False): head + ["M", "A"] + four + ["A", "M"] + five + ["A"],
+      # SPG's config ends at pool3; conv4_x and conv5_x are its SPG_A_1 / SPG_A_2, with a 3x3/2 pad 1 max pool
+      # between them without large_feature_map.
+      ("spg", True): head + ["M"] + four + five,
+      ("spg", False): head + ["M"] + four + ["M1"] + five,
+  }[architecture, large_feature_map]
+
+
+@pytest.mark.parametrize("architecture", acol.ARCHITECTURES)
+@pytest.mark.parametrize("large_feature_map", [True, False])
+def test_vgg16_layouts_are_the_standards_configs(architecture, large_feature_map):
+  widths = dict(zip(vgg._conv_names(), (w for stage in vgg.VGG16_STAGES for w in stage)))
+  layout = vgg.vgg16_layout(architecture, pool4=not large_feature_map)
+  assert [widths.get(e, e) for e in layout] == _standard_vgg16_config(architecture, large_feature_map)
+  model = abstract("vgg16_wsol", architecture, 10, large_feature_map=large_feature_map)
+  assert model.features.layout == layout
+
+
+@pytest.mark.parametrize("architecture, added", [
+    ("acol", ["head.classifier_A", "head.classifier_B"]),
+    ("spg", ["SPG_A_3.0", "SPG_A_3.1", "head.SPG_B_1a", "head.SPG_B_2a", "head.SPG_B_shared", "head.SPG_C",
+             "head.classifier"]),
+    ("adl", ["cam_conv", "head.classifier"]),
+])
+def test_torchvision_vgg16_file_loads_into_every_architecture(tmp_path, architecture, added):
+  """The conv names stay: the standard's renames (features.17 -> SPG_A_1.0, ADL's shifted indices) are not needed."""
+  torch = pytest.importorskip("torch")
+  from test_wsol_weights import VGG16_CONVS, VGG16_WIDTHS, _fake, _hwio, _unloaded, _value
+
+  shapes, cin = {}, 3
+  for index, width in zip(VGG16_CONVS, VGG16_WIDTHS):
+    shapes[f"features.{index}.weight"], shapes[f"features.{index}.bias"] = (width // 16, cin, 3, 3), (width // 16,)
+    cin = width // 16
+  sd = _fake(shapes, seed=3)
+  torch.save(sd, tmp_path / "vgg16-fake.pth")
+  model = abstract("vgg16_wsol", architecture, 10, width_mult=1 / 16)
+  load_pretrained(model, tmp_path / "vgg16-fake.pth")
+  assert sorted({".".join(p.split(".")[:-1][:2]) for p in _unloaded(model)}) == added  # layers, not leaves
+  np.testing.assert_array_equal(_value(model.features.conv4_1.kernel), _hwio(sd, "features.17.weight"))
+  np.testing.assert_array_equal(_value(model.features.conv5_3.bias), sd["features.28.bias"].numpy())
