@@ -17,8 +17,12 @@ STANDARD = list(itertools.product(wsol.METHODS, ("vgg16", "resnet50", "inception
 
 
 @pytest.mark.parametrize("method,backbone,dataset", STANDARD)
-def test_every_combination_builds_a_locked_config_of_the_table(method, backbone, dataset):
+def test_every_combination_builds_a_locked_config_of_the_table(method, backbone, dataset, monkeypatch):
+  from camjax import main
+
   c = wsol.get_config(f"method={method},backbone={backbone},data={dataset}")
+  monkeypatch.setattr(main, "_check_manual_data", lambda config: None)  # no download here
+  main.validate_config(c, num_devices=1, mode="train_and_eval")
   row = wsol.TABLE[dataset, backbone]
   method_row = wsol.METHOD_TABLE.get((method, backbone, dataset), {})
   assert c.is_locked
@@ -84,7 +88,10 @@ def test_faster_group_is_the_standards_classifier(backbone, classifier):
 
 @pytest.mark.parametrize("method", wsol.METHODS)
 def test_quick_config_is_quickstarts_network_on_shapes(method):
+  from camjax import main
+
   c = wsol.get_config(f"method={method},backbone=small,data=shapes")
+  main.validate_config(c, num_devices=1, mode="train_and_eval")
   assert (c.model.name, c.data.name, c.data.builder_config, c.model.num_classes) == (
       "small_gap", "camjax_shapes", "px64", 12)
   assert c.method.name == method and c.training.num_steps == wsol.QUICK_STEPS and c.mode == "train_and_eval"
