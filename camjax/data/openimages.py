@@ -25,7 +25,6 @@ ignore regions of the same records by index, through the same geometry.
 
 from __future__ import annotations
 
-import io
 import os
 from typing import Any
 
@@ -86,7 +85,7 @@ def _read_mask(root: str, relative: str, height: int, width: int) -> np.ndarray:
   if not os.path.isfile(path):
     raise BadExample("missing_file", f"no mask file {path}")
   try:
-    with open(path, "rb") as f, Image.open(io.BytesIO(f.read())) as img:
+    with Image.open(path) as img:
       grey = np.asarray(img.convert("L"))
   except Exception as e:  # PIL raises many types for broken files
     raise BadExample("corrupt_mask", f"cannot decode mask {relative} ({type(e).__name__}: {e})") from None
