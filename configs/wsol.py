@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from camjax.wsol.training import METHODS
 from configs import default
 
 # The standard's settings per (data set, backbone), from its CAM rows. Sources:
@@ -78,6 +79,9 @@ CLASSIFIER = {
     "resnet50": ("(layer4|head)/.*",),  # names with `layer4.` or `fc.`
     "inceptionv3": ("(?!.*(Mixed|Conv2d_[1-4])).*",),  # outside Mixed_* and Conv2d_1..4
 }
+# The standard's SPG VGG16 renames conv4_x and conv5_x (SPG_A_1, SPG_A_2), which puts them outside
+# `features.` and so at the classifier's rate; camjax keeps their names, so they are added by name.
+METHOD_CLASSIFIER = {("spg", "vgg16"): ("features/conv[45]_.*",)}
 
 MODELS = {"vgg16": "vgg16_wsol", "resnet50": "resnet50_wsol", "inceptionv3": "inceptionv3_wsol", "small": "small_gap"}
 DATA = {  # camjax builder, its config, number of classes
@@ -86,7 +90,6 @@ DATA = {  # camjax builder, its config, number of classes
     "openimages": ("openimages30k", "wsol", 100),
     "shapes": ("camjax_shapes", "px64", 12),
 }
-METHODS = ("cam", "has", "acol", "spg", "adl", "cutmix")  # as camjax.wsol's
 ALLOWED = {"method": METHODS, "backbone": tuple(MODELS), "data": tuple(DATA), "split": ("test", "train_fullsup")}
 DEFAULTS = {"method": "cam", "backbone": "vgg16", "data": "cub", "split": "test"}
 
@@ -159,7 +162,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optimizer.schedule = "step"
   c.optimizer.boundaries = decay_boundaries(row["epochs"], row["decay_every"])
   c.optimizer.decay_factor = 0.1
-  c.optimizer.new_layer_patterns = CLASSIFIER[a["backbone"]]
+  c.optimizer.new_layer_patterns = CLASSIFIER[a["backbone"]] + METHOD_CLASSIFIER.get((a["method"], a["backbone"]), ())
   c.optimizer.new_layer_lr_mult = LR_CLASSIFIER_RATIO
   c.training.global_batch_size = BATCH_SIZE
   c.training.num_epochs = float(row["epochs"])
