@@ -11,10 +11,11 @@ Arguments (comma-separated ``key=value``, defaults first):
   split     test | train_fullsup: where the trained model is scored
 
 Training follows the standard's script: SGD with Nesterov momentum 0.9, the "classifier"
-layers at ``lr_classifier_ratio`` times the learning rate (``CLASSIFIER``), the rate times
-0.1 every ``decay_every`` epochs, images resized to 256 x 256 and cropped to 224 in
-training and resized to 224 x 224 for scoring. Scores: MaxBoxAccV2 (CUB, ILSVRC) or
-PxAP with the ignore regions (OpenImages30k), on CAM thresholds 0.001 apart.
+layers at 10 times the learning rate (``CLASSIFIER``), the rate times 0.1 every
+``decay_every`` epochs, random crops of (224/256)^2 of the image (the standard's 224 crop of
+its 256 x 256 resize) to 224 px in training, images resized to 224 x 224 for scoring.
+Scores: MaxBoxAccV2 (CUB, ILSVRC) or PxAP with the ignore regions (OpenImages30k), on CAM
+thresholds 0.001 apart.
 
 wsol_quick, the standard's six methods on a laptop CPU in minutes each:
 
