@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 import _train_helpers as h
 from camjax import train
@@ -95,25 +96,27 @@ def test_method_key_is_a_function_of_seed_and_step():
 
 
 def test_cam_is_plain_cross_entropy_and_has_or_cutmix_that_change_nothing_equal_it():
-  c = tiny()
-  model = train.build_model(c)
   batch = _batch()
-  logits, _ = model(batch["image"])
-  plain = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+  images, labels = batch["image"], batch["label"]
   key = jax.random.key(5)
   unchanged = ({"method.name": "cam"}, {"method.name": "adl"}, {"method.name": "has", "method.has_drop_rate": 0.0},
                {"method.name": "has", "method.has_grid_size": 0}, {"method.name": "cutmix", "method.cutmix_prob": 0.0})
-  for changes in unchanged:
-    method = tiny(**changes).method
-    loss, out = training.method_loss(method, model, batch["image"], batch["label"], key)
+
+  @nnx.jit
+  def run(model):  # one compiled program for every case
+    logits = model(images)[0]
+    plain = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    cases = [training.method_loss(tiny(**changes).method, model, images, labels, key) for changes in unchanged]
+    has = training.method_loss(tiny(**{"method.name": "has"}).method, model, images, labels, key)[0]
+    hidden = model(hide_patches(key, images, 4, 0.5))[0]
+    return plain, logits, cases, has, optax.softmax_cross_entropy_with_integer_labels(hidden, labels).mean()
+
+  plain, logits, cases, has, has_by_hand = run(train.build_model(tiny()))
+  for changes, (loss, out) in zip(unchanged, cases):
     assert float(loss) == float(plain), changes
     np.testing.assert_array_equal(out, logits)
-  has = tiny(**{"method.name": "has"}).method
-  loss, _ = training.method_loss(has, model, batch["image"], batch["label"], key)
-  hidden = hide_patches(key, batch["image"], 4, 0.5)
-  expected = optax.softmax_cross_entropy_with_integer_labels(model(hidden)[0], batch["label"]).mean()
-  np.testing.assert_allclose(loss, expected, rtol=1e-6)
-  assert float(loss) != float(plain)
+  np.testing.assert_allclose(has, has_by_hand, rtol=1e-6)
+  assert float(has) != float(plain)
 
 
 def test_the_step_draws_hide_and_seek_from_the_seed_and_step_one_key_per_micro_batch():
@@ -125,9 +128,13 @@ def test_the_step_draws_hide_and_seek_from_the_seed_and_step_one_key_per_micro_b
   step_fn = jax.jit(train.make_train_step(model_def, tx, schedule, c, mesh))
   batch = _batch(seed=1)
 
-  def loss(state, i, key):
+  @jax.jit
+  def micro_loss(state, images, labels, key):
     model = model_def.merge(state["params"], state["batch_stats"], state["other"], train=True)
-    return float(training.method_loss(c.method, model, batch["image"][i::2], batch["label"][i::2], key)[0])
+    return training.method_loss(c.method, model, images, labels, key)[0]
+
+  def loss(state, i, key):
+    return float(micro_loss(state, batch["image"][i::2], batch["label"][i::2], key))
 
   for t in range(2):
     new_state, metrics = step_fn(state, batch)
@@ -142,6 +149,39 @@ def test_the_step_draws_hide_and_seek_from_the_seed_and_step_one_key_per_micro_b
     state = new_state
 
 
+def _wsol_losses(c, images, labels, reference):
+  """(method_loss's loss, its logits, wsol_outputs' logits, ``reference(wsol_outputs)``, CE of the logits)."""
+
+  @nnx.jit
+  def run(model):
+    loss, logits = training.method_loss(c.method, model, images, labels, jax.random.key(0))
+    outputs = model.wsol_outputs(images, labels)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    return loss, logits, outputs["logits"], reference(outputs), ce
+
+  return run(train.build_model(c))
+
+
+def test_acol_and_spg_train_on_their_own_losses_with_the_configured_thresholds():
+  from camjax.wsol.acol import acol_loss
+  from camjax.wsol.spg import spg_loss
+
+  batch = _batch(4)
+  images, labels = batch["image"], batch["label"]
+  loss, logits, wsol_logits, expected, ce = _wsol_losses(tiny(**{"method.name": "acol"}), images, labels,
+                                                         lambda out: acol_loss(out, labels))
+  np.testing.assert_array_equal(logits, wsol_logits)
+  assert float(loss) == float(expected) and float(loss) > float(ce)  # A's and B's cross-entropies
+
+  thresholds, defaults = ((0.9, 0.2), (0.6, 0.3), (0.8, 0.2)), tiny().method.spg_thresholds
+  c = tiny(**{"method.name": "spg", "method.spg_thresholds": thresholds})
+  loss, logits, wsol_logits, expected, ce = _wsol_losses(
+      c, images, labels, lambda out: (spg_loss(out, labels, thresholds), spg_loss(out, labels, defaults)))
+  np.testing.assert_array_equal(logits, wsol_logits)
+  assert float(loss) == float(expected[0]) and float(loss) > float(ce)  # plus three pixel losses
+  assert float(loss) != float(expected[1])  # the configured thresholds reach the loss
+
+
 # ---------------------------------------------------------------- runs of the real loop
 
 
@@ -151,15 +191,18 @@ def cam_run(tmp_path_factory):
   return train.train(tiny(**{"training.num_steps": 2}), workdir, devices=jax.devices()[:1]), workdir
 
 
-@pytest.mark.parametrize("method", ["has", "cutmix"])
-def test_input_side_methods_train_through_the_loop(method, cam_run, tmp_path):
+@pytest.mark.parametrize("method", ["has", "cutmix", "acol", "spg", "adl"])
+def test_every_method_trains_through_the_loop(method, cam_run, tmp_path):
   cam_result, cam_dir = cam_run
   workdir = str(tmp_path / method)
   result = train.train(tiny(**{"training.num_steps": 2, "method.name": method}), workdir, devices=jax.devices()[:1])
   assert result.step == 2 and h.checkpoint_steps(workdir) == [2]
   losses = h.losses(workdir)
   assert list(losses) == [1, 2] and all(np.isfinite(v) for v in losses.values())
-  assert losses[1] != h.losses(cam_dir)[1]  # the method changed what the first step saw
+  assert losses[1] != h.losses(cam_dir)[1]  # the method changed the first step's loss (same seed, same batch)
   params = jax.tree.leaves(result.state["params"])
   assert all(np.isfinite(np.asarray(p)).all() for p in params)
-  assert any(not np.array_equal(p, q) for p, q in zip(params, jax.tree.leaves(cam_result.state["params"])))
+  same_tree = jax.tree.structure(result.state["params"]) == jax.tree.structure(cam_result.state["params"])
+  assert same_tree == (method in ("has", "cutmix", "adl"))  # ACoL and SPG train heads of their own
+  if method == "adl":  # its key lives in the model state the loop carries and saves
+    assert jax.tree.leaves(result.state["other"]) and not jax.tree.leaves(cam_result.state["other"])
