@@ -45,6 +45,11 @@ def verbose() -> bool:
 def one_line(message: object) -> str:
   """The message on one line: ml_collections quotes and wraps its hints in repr and newlines."""
   text = str(message)
+  if "Traceback (most recent call last)" in text:
+    # A config file's get_config raised: ml_collections wraps the whole traceback into its message.
+    head = text.split("Traceback (most recent call last)", 1)[0].rstrip(" :\n")
+    last = [line.strip() for line in text.splitlines() if line.strip()][-1]
+    text = f"{head}: {last}" if head else last
   if isinstance(message, KeyError) and message.args and isinstance(message.args[0], str):
     text = message.args[0]
   if len(text) > 1 and text[0] == text[-1] and text[0] in "'\"" and "\\n" in text:
@@ -106,6 +111,8 @@ def parse_absl_flags(argv: Sequence[str]) -> list[str]:
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
+    if "Error whilst parsing config file" in str(e):
+      sys.exit(report(UserError(f"{one_line(e)}; fix --config")))
     sys.exit(report(UserError(f"{e}; run with --helpfull to list the flags")))
   except _FLAG_INPUT_ERRORS as e:
     sys.exit(report(UserError(config_flag_message(e, argv))))

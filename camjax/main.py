@@ -95,7 +95,7 @@ def validate_config(config: Any, *, num_devices: int | None = None, mode: str = 
   if config.data.name not in data_sets:
     raise ConfigError(f"unknown data set {config.data.name!r}; set --config.data.name to one of: "
                       f"{', '.join(data_sets)}")
-  if config.data.name in ("ilsvrc2012_loc", "cub200_2011"):
+  if config.data.name in ("ilsvrc2012_loc", "cub200_2011", "openimages30k"):
     _check_manual_data(config)
 
 

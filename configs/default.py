@@ -39,7 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.method.cutmix_prob = 1.0  # CutMix: probability a batch is mixed
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = "ilsvrc2012_loc"  # ilsvrc2012_loc | cub200_2011 | camjax_shapes | synthetic
+  c.data.name = "ilsvrc2012_loc"  # ilsvrc2012_loc | cub200_2011 | openimages30k | camjax_shapes | synthetic
   c.data.builder_config = ""
   c.data.data_dir = ""  # TFDS data dir ('' = TFDS default)
   c.data.manual_dir = ""  # where the user's manual download lives (ImageNet, CUB)

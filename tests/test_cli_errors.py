@@ -15,6 +15,7 @@ import sys
 import pytest
 
 import _train_helpers as h
+from camjax import app as camjax_app
 from camjax import main
 from camjax.tools import ablation
 from camjax.errors import UserError
@@ -191,3 +192,11 @@ def test_ablation_varies_a_key_of_the_config_argument(tmp_path):
     ablation.check_runs(f"{family}:pooling=gap", "arg.pooling", ["gap", "gmpp"], [])
   with pytest.raises(UserError, match="key=value pairs"):
     ablation.check_runs(f"{family}:gap", "arg.pooling", ["gap"], [])
+
+
+def test_a_config_files_own_error_is_its_last_line():
+  raised = ("flag --config=configs/wsol.py:method=foo: Error whilst parsing config file: Traceback (most recent "
+            "call last):\n  File \"configs/wsol.py\", line 114, in parse_arg\n    raise ValueError(...)\n"
+            "ValueError: configs/wsol.py: method='foo' is not one of cam, has\n")
+  assert camjax_app.one_line(raised) == ("flag --config=configs/wsol.py:method=foo: Error whilst parsing config file: "
+                                         "ValueError: configs/wsol.py: method='foo' is not one of cam, has")

@@ -18,7 +18,10 @@ and ``camjax.data.synthetic.SyntheticSource``. A record is a dict:
   boxes ``(x0, y0, x1, y1)``.
 - ``"mask"``: uint8 (H, W, 1) with values 0 or 255, the object's pixels. Present
   in the built-in data set and in CUB's ``masks`` config only: check
-  ``"mask" in record`` (or ``source_has_mask``).
+  ``"mask" in record`` (or ``source_has_mask``). OpenImages30k's records carry
+  it too (the union of the image's listed masks).
+- ``"ignore"``: uint8 (H, W, 1) 0/255, the WSOL standard's ignore region, left
+  out of PxAP (``openimages30k`` only).
 - ``"id"``: bytes/str, a stable image id (``"train/000123"``, or the image's path
   relative to the data set root, as the WSOL evaluation metadata writes it).
 """
@@ -33,7 +36,7 @@ from camjax.data import boxes as box_lib
 from camjax.errors import UserError
 
 KEYS = ("image", "label", "bboxes", "id")  # in every record
-OPTIONAL_KEYS = ("mask",)
+OPTIONAL_KEYS = ("mask", "ignore")
 ENDLESS = 1 << 40  # the length of a source that never runs out (it has no epochs)
 
 
