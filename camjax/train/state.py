@@ -31,12 +31,14 @@ def build_model(config: Any, seed: int | None = None) -> nnx.Module:
   """The config's model with parameters from ``seed`` (default ``training.seed``).
 
   The WSOL method picks the architecture (ACoL, SPG, ADL) and its hyperparameters,
-  so evaluating a run builds the network it trained.
+  so evaluating a run builds the network it trained; a method the model cannot
+  take is a ConfigError here, for training, evaluation and the tools alike.
   """
   overrides = (dict(config.model.overrides.to_dict()) if hasattr(config.model.overrides, "to_dict")
                else dict(config.model.overrides))
   overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
   if config.get("method") is not None:
+    wsol_training.check_method(config)
     overrides.update(wsol_training.model_overrides(config.method))
   if config.model.dtype != "float32":
     overrides["dtype"] = COMPUTE_DTYPES[config.model.dtype]

@@ -29,8 +29,9 @@ from camjax.wsol.cutmix import cutmix, mixed_cross_entropy
 from camjax.wsol.has import hide_patches
 
 METHODS = ("cam", "has", "acol", "spg", "adl", "cutmix")
-# Methods that need a model built with ``architecture=<method>``, and the models that take that argument.
-ARCHITECTURE_METHODS = ("acol", "spg", "adl")
+# Methods that need a model built with ``architecture=<method>`` (with their papers' names), and the models that
+# take that argument.
+ARCHITECTURE_METHODS = {"acol": "ACoL", "spg": "SPG", "adl": "ADL"}
 ARCHITECTURE_MODELS = ("inceptionv3_wsol", "resnet50_wsol", "small_gap", "vgg16_wsol")
 # Constructor arguments that belong to the method block, never to model.overrides (one way to set each).
 METHOD_MODEL_ARGUMENTS = ("architecture", "acol_threshold", "adl_drop_rate", "adl_threshold")
@@ -77,7 +78,7 @@ def check_method(config: Any) -> None:
   model_overrides(method)  # the name
   name = method.name
   if name in ARCHITECTURE_METHODS and config.model.name not in ARCHITECTURE_MODELS:
-    raise ConfigError(f"method.name={name!r} needs a model with the {name.upper()} architecture and "
+    raise ConfigError(f"method.name={name!r} needs a model with the {ARCHITECTURE_METHODS[name]} architecture and "
                       f"model.name={config.model.name!r} has none; set --config.model.name to one of: "
                       f"{', '.join(ARCHITECTURE_MODELS)}")
   given = set(config.model.overrides.keys()) & set(METHOD_MODEL_ARGUMENTS)

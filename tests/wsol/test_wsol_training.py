@@ -44,7 +44,7 @@ def test_model_overrides_carry_the_architecture_and_its_hyperparameters():
     ({"method.name": "hide_and_seek"},
      "method.name='hide_and_seek' is unknown; set --config.method.name to one of: cam, has, acol, spg, adl, cutmix"),
     ({"method.name": "acol", "model.name": "googlenet_gap"},
-     "method.name='acol' needs a model with the ACOL architecture and model.name='googlenet_gap' has none; set "
+     "method.name='acol' needs a model with the ACoL architecture and model.name='googlenet_gap' has none; set "
      "--config.model.name to one of: inceptionv3_wsol, resnet50_wsol, small_gap, vgg16_wsol"),
     ({"method.name": "has", "method.has_drop_rate": 1.5},
      "method.has_drop_rate=1.5; set --config.method.has_drop_rate to a number in [0, 1]"),
@@ -78,11 +78,13 @@ def test_the_defaults_pass_and_only_the_chosen_methods_fields_are_read():
   training.check_method(tiny(**{"method.name": "has", "method.cutmix_beta": -1.0, "method.adl_drop_rate": 2.0}))
 
 
-def test_train_refuses_a_bad_method_before_writing_anything(tmp_path):
+def test_train_refuses_a_bad_method_before_writing_anything_and_so_does_build_model(tmp_path):
   workdir = str(tmp_path / "run")
   with pytest.raises(ConfigError, match="method.name='hsa' is unknown"):
     train.train(tiny(**{"method.name": "hsa"}), workdir, devices=jax.devices()[:1])
   assert not os.path.exists(workdir)
+  with pytest.raises(ConfigError, match="model.name='googlenet_gap' has none; set --config.model.name"):
+    train.build_model(tiny(**{"method.name": "spg", "model.name": "googlenet_gap"}))  # evaluation, the tools
 
 
 # ---------------------------------------------------------------- the loss of each method
