@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +17,7 @@ from camjax import localization, models
 from camjax.tools import few_shot as command
 from camjax.wsol import few_shot
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ARGS = ["--config=configs/quickstart.py", "--split=validation", "--per_class=1", "--steps=4", "--batch_size=4",
         "--config.data.builder_config=tiny", "--config.data.image_size=32", "--config.model.overrides.widths=(4,8)",
         "--config.model.overrides.blocks_per_stage=(1,1)", "--config.eval.batch_size=32",
@@ -146,3 +150,12 @@ def test_bad_flags_end_in_one_line(data_dir, tmp_path, capsys, flags, says):
   assert command.main(args) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("camjax: error:") and says in err[0], err
+
+
+def test_the_module_entry_ends_a_bad_flag_in_one_line_before_loading_anything(tmp_path):
+  workdir = tmp_path / "w"
+  done = subprocess.run([sys.executable, "-m", "camjax.few_shot", "--config=configs/quickstart.py",
+                         f"--workdir={workdir}", "--per_class=0"], cwd=ROOT, capture_output=True, text=True)
+  assert done.returncode == 2, done.stderr
+  assert done.stderr.strip().splitlines() == ["camjax: error: --per_class=0; give a positive number"]
+  assert not workdir.exists()
