@@ -30,6 +30,7 @@ from camjax.models.conv import Conv
 from camjax.models.heads import GapHead
 from camjax.models.layers import CONV_INIT, Op, check_images, max_pool, scaled
 from camjax.models.registry import register
+from camjax.wsol import acol, adl, spg
 
 BN_EPSILON = 1e-3
 BN_MOMENTUM = 0.9  # flax convention; torch's momentum 0.1
@@ -248,11 +249,14 @@ class _InceptionV3Base(GapHead):
       cin = block.out_channels
     return cin
 
-  def _backbone(self, x: jax.Array) -> jax.Array:
+  def _stem(self, x: jax.Array) -> jax.Array:
     x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
     x = max_pool(x, 3, 2, *self.stem_pool)
     x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
-    x = max_pool(x, 3, 2, *self.stem_pool)
+    return max_pool(x, 3, 2, *self.stem_pool)
+
+  def _backbone(self, x: jax.Array) -> jax.Array:
+    x = self._stem(x)
     for name in self.mixed:
       if name == "Mixed_6a" and self.pool_before_6a:
         x = max_pool(x, 3, 2, 0, True)
@@ -278,7 +282,7 @@ class InceptionV3(_InceptionV3Base):
 
 
 @register("inceptionv3_wsol")
-class InceptionV3Wsol(_InceptionV3Base):
+class InceptionV3Wsol(acol.ArchitectureSwitch, _InceptionV3Base):
   """The WSOL standard's Inception v3 (its ``InceptionCam``), up to Mixed_6e.
 
   Changes from torchvision's: Conv2d_1a_3x3 pads by 1, the two stem max pools
@@ -291,6 +295,16 @@ class InceptionV3Wsol(_InceptionV3Base):
   pooling (the same logits, since the two commute). Dropout (``dropout_rate``,
   0.5) acts on the maps before each of the three, in training only. The
   standard's CAM is the 1x1 conv's map, camjax's CAM plus the class bias.
+
+  ``architecture`` builds the standard's other Inception v3s (``camjax.wsol``):
+
+  - ``"adl"``: ADL after Mixed_5d (``ADL_5d``), Mixed_6e (``ADL_6e``) and
+    SPG_A3_2b (``ADL_A3_2b``), and no dropout (``dropout_rate`` 0 unless given);
+  - ``"acol"``: two branches on Mixed_6e (3x3 conv 1024, 3x3 conv 1024, 1x1
+    conv to the classes) as ``head``, with no added convs and no dropout;
+  - ``"spg"``: ``SPG_B_1a`` reads Mixed_6a's input, ``SPG_B_2a`` Mixed_6d's
+    output (both to 512), ``SPG_C`` (512 wide) and the classifier (``SPG_A4``)
+    the dropped-out ``SPG_A3_2b`` map, as ``"cam"``'s classifier does.
   """
 
   name = "inceptionv3_wsol"
@@ -301,28 +315,76 @@ class InceptionV3Wsol(_InceptionV3Base):
   cam_width = None  # the added convs are built in _build_backbone
   default_use_bias = True
 
-  def __init__(self, *, large_feature_map: bool = True, dropout_rate: float | None = None, **kwargs: Any):
+  def __init__(self, *, large_feature_map: bool = True, dropout_rate: float | None = None, architecture: str = "cam",
+               acol_threshold: float = 0.7, adl_drop_rate: float = 0.75, adl_threshold: float = 0.9,
+               num_classes: int, pooling: str = "gap", use_bias: bool | None = None, width_mult: float = 1.0,
+               dtype: Any = None, rngs: nnx.Rngs, **kwargs: Any):
+    self.architecture = acol.check_architecture(architecture, acol_threshold=acol_threshold,
+                                                adl_drop_rate=adl_drop_rate, adl_threshold=adl_threshold)
     self.large_feature_map = bool(large_feature_map)
     self.pool_before_6a = not self.large_feature_map
     ops = (Op("conv", 3, 2, 1), Op("conv", 3), Op("pool", 3, 2, 1, True), Op("conv", 3), Op("pool", 3, 2, 1, True))
     self.backbone_ops = ops + (() if self.large_feature_map else (Op("pool", 3, 2, 0, True),))
-    self.map_dropout_rate = 0.5 if dropout_rate is None else dropout_rate
-    super().__init__(dropout_rate=0.0, **kwargs)  # dropout acts on maps here, not on the pooled vector
+    self.map_dropout_rate = (0.0 if architecture == "adl" else 0.5) if dropout_rate is None else dropout_rate
+    self.adl_args = (adl_drop_rate, adl_threshold)
+    # dropout acts on maps here, not on the pooled vector
+    super().__init__(num_classes=num_classes, pooling=pooling, use_bias=use_bias, dropout_rate=0.0,
+                     width_mult=width_mult, dtype=dtype, rngs=rngs, **kwargs)
+    # GapHead built the CAM head; ACoL and SPG replace it with theirs.
+    c = lambda n: scaled(n, width_mult)  # noqa: E731
+    if architecture == "acol":
+      self.head = acol.AcolHead(self.Mixed_6e.out_channels, num_classes, hidden=(c(1024),) * 2,
+                                threshold=acol_threshold, pooling=pooling, dtype=dtype, rngs=rngs)
+    elif architecture == "spg":
+      self.head = spg.SpgHead(c(1024), num_classes, taps=(self.Mixed_5d.out_channels, self.Mixed_6d.out_channels),
+                              width=c(512), c_width=c(512), pooling=pooling,
+                              use_bias=self.default_use_bias if use_bias is None else use_bias, dtype=dtype, rngs=rngs)
 
   def _build_backbone(self, width_mult: float, in_channels: int, dtype: Any, rngs: nnx.Rngs) -> int:
     cin = super()._build_backbone(width_mult, in_channels, dtype, rngs)
+    if self.architecture == "acol":
+      return cin
     width = scaled(1024, width_mult)
     self.SPG_A3_1b = ConvRelu(cin, width, dtype=dtype, rngs=rngs)
     self.SPG_A3_2b = ConvRelu(width, width, dtype=dtype, rngs=rngs)
     self.dropouts = nnx.List([nnx.Dropout(self.map_dropout_rate, rngs=rngs) for _ in range(3)])
+    if self.architecture == "adl":
+      for name in ("ADL_5d", "ADL_6e", "ADL_A3_2b"):
+        setattr(self, name, adl.ADL(*self.adl_args, rngs=rngs))
     return width
 
-  def _backbone(self, x: jax.Array) -> jax.Array:
-    x = super()._backbone(x)
+  def _stages(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(Mixed_6a's input, Mixed_6d's output, the map the head reads before the last dropout)."""
+    x = self._stem(x)
+    is_adl = self.architecture == "adl"
+    for name in self.mixed:
+      if name == "Mixed_6a":
+        x = self.ADL_5d(x) if is_adl else x
+        x = max_pool(x, 3, 2, 0, True) if self.pool_before_6a else x
+        tap1 = x
+      x = getattr(self, name)(x)
+      if name == "Mixed_6d":
+        tap2 = x
+    if self.architecture == "acol":
+      return tap1, tap2, x
+    x = self.ADL_6e(x) if is_adl else x
     x = self.SPG_A3_1b(self.dropouts[0](x))
-    return self.SPG_A3_2b(self.dropouts[1](x))
+    x = self.SPG_A3_2b(self.dropouts[1](x))
+    return tap1, tap2, self.ADL_A3_2b(x) if is_adl else x
+
+  def _backbone(self, x: jax.Array) -> jax.Array:
+    return self._stages(x)[2]
 
   def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
     check_images(images, self.min_size, self.name)
     features = self._backbone(images)
+    if self.architecture == "acol":
+      return self.head(features), features
     return self.head(self.dropouts[2](features)), features
+
+  def _wsol_outputs(self, images: jax.Array, labels: jax.Array) -> dict[str, jax.Array]:
+    check_images(images, self.min_size, self.name)
+    tap1, tap2, features = self._stages(images)
+    if self.architecture == "acol":
+      return self.head.outputs(features, labels)
+    return self.head.outputs(tap1, tap2, self.dropouts[2](features), labels, images.shape[1:3])

@@ -1,5 +1,6 @@
 """ADL, ACoL and SPG pieces on small hand-built tensors: masks, erasing, pseudo-labels, losses, key handling."""
 
+import functools
 import math
 
 import jax
@@ -50,7 +51,8 @@ def test_adl_picks_the_drop_mask_with_probability_drop_rate_one_draw_for_the_bat
 
 def test_adl_gradient_flows_through_the_importance_map_and_not_the_drop_mask():
   x = _nhwc([[[1, 2], [3, 4]]])
-  grad = lambda rate: np.asarray(jax.grad(lambda v: adl.adl(v, jax.random.key(0), rate, 0.9).sum())(x))
+  grad = jax.jit(jax.grad(lambda v, rate: adl.adl(v, jax.random.key(0), rate, 0.9).sum()))
+  grad = functools.partial(grad, x)
   _, drop = adl.adl_maps(x, 0.9)
   np.testing.assert_array_equal(grad(1.0), np.broadcast_to(np.asarray(drop), x.shape))
   a = np.asarray(x).mean(-1, keepdims=True)

@@ -105,24 +105,24 @@ def test_adl_is_the_identity_in_eval_and_draws_from_the_models_state_in_train():
 
 
 def test_class_map_hook_serves_acol_maps_and_cam_for_the_rest():
+  ids = jnp.asarray([[0, 1, 2]] * 2)
+  hook = nnx.jit(lambda m, x, i: (m(x), cam.class_maps(m, m(x)[1], i)))
   net = materialize(small("acol"))
-  out = cam.class_activation_maps(net, IMAGES, class_ids=LABELS, upsample=False)
+  out = cam.class_activation_maps(net, IMAGES, class_ids=ids, upsample=False)
   net.eval()
-  _, features = net(IMAGES)
-  np.testing.assert_allclose(out.maps, net.head.class_maps(features, LABELS[:, None]), rtol=1e-6)
-  maps = np.asarray(out.maps)
-  assert maps.min() >= 0 and np.allclose(maps.max(axis=(2, 3)), 1.0)  # max of two normalised maps
+  (_, features), maps = hook(net, IMAGES, ids)
+  np.testing.assert_allclose(out.maps, maps, rtol=1e-6)
+  np.testing.assert_allclose(maps, nnx.jit(lambda m, f, i: m.head.class_maps(f, i))(net, features, ids), rtol=1e-6)
+  assert np.asarray(maps).min() >= 0 and np.allclose(np.asarray(maps).max(axis=(2, 3)), 1.0)  # max of normalised maps
   with pytest.raises(NotCamCompatible, match="class_maps"):
     cam.cam_weights(net)
   for architecture in ("cam", "spg"):
     other = materialize(small(architecture))
     other.eval()
-    logits, features = other(IMAGES)
-    ids = jnp.asarray([[0, 1, 2]] * 2)
+    (logits, features), maps = hook(other, IMAGES, ids)
     kernel, bias = cam.cam_weights(other)
-    got = cam.class_maps(other, features, ids)
-    np.testing.assert_array_equal(got, cam.maps_from_features(features, kernel, ids))
-    np.testing.assert_allclose(np.asarray(got).mean(axis=(2, 3)) + np.asarray(bias), logits, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(maps, cam.maps_from_features(features, kernel, ids), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(maps).mean(axis=(2, 3)) + np.asarray(bias), logits, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("kw, message", [
@@ -146,11 +146,15 @@ REFERENCE_PARAMS = {
     ("resnet50_wsol", "acol", 1000): 82_185_232, ("resnet50_wsol", "acol", 200): 80_545_232,
     ("resnet50_wsol", "spg", 1000): 63_310_890, ("resnet50_wsol", "spg", 200): 61_671_690,
     ("resnet50_wsol", "adl", 1000): 25_557_032, ("resnet50_wsol", "adl", 200): 23_917_832,
+    ("inceptionv3_wsol", "acol", 1000): 44_050_096, ("inceptionv3_wsol", "acol", 200): 42_410_096,
+    ("inceptionv3_wsol", "spg", 1000): 38_454_986, ("inceptionv3_wsol", "spg", 200): 37_634_986,
+    ("inceptionv3_wsol", "adl", 1000): 26_507_976, ("inceptionv3_wsol", "adl", 200): 25_687_976,
 }
 
 
 @functools.lru_cache(maxsize=None)
 def abstract(name, architecture, num_classes=1000, **kw):
+  """Shape-only model (cached: the count and shape tests share the 1000-class ones)."""
   return nnx.eval_shape(lambda: models.create(name, num_classes=num_classes, architecture=architecture, **kw))
 
 
@@ -179,7 +183,7 @@ def _traced(model, size=224):
   return {k: v.shape for k, v in jax.eval_shape(run, state, images, labels).items()}
 
 
-def _expected_shapes(architecture, side, channels, classes=10):
+def _expected_shapes(architecture, side, channels, classes=1000):
   """The sides the reference definitions give at 224 px (hooked in torch): every map at the CAM map's side."""
   if architecture == "acol":
     return {"features": (1, side, side, channels), "class_maps": (1, 1, side, side), "logits": (1, classes),
@@ -191,18 +195,19 @@ def _expected_shapes(architecture, side, channels, classes=10):
   return {"features": (1, side, side, channels)}
 
 
-# (name, architecture) -> channels of the features the head reads.
+# (name, architecture) -> channels of the features the head reads. ADL multiplies maps by a map of their size, so
+# the ResNet and Inception ADL nets have the CAM nets' shapes (test_wsol_backbones); VGG's has its own layout.
 FEATURE_CHANNELS = {("vgg16_wsol", "acol"): 512, ("vgg16_wsol", "spg"): 512, ("vgg16_wsol", "adl"): 1024,
-                    ("resnet50_wsol", "acol"): 2048, ("resnet50_wsol", "spg"): 2048, ("resnet50_wsol", "adl"): 2048}
+                    ("resnet50_wsol", "acol"): 2048, ("resnet50_wsol", "spg"): 2048,
+                    ("inceptionv3_wsol", "acol"): 768, ("inceptionv3_wsol", "spg"): 1024}
 
 
 @pytest.mark.parametrize("name, architecture", sorted(FEATURE_CHANNELS))
 def test_map_sizes_at_224_px_are_the_standards(name, architecture):
-  """28x28 by a traced forward; 14x14 without ``large_feature_map`` by the spatial path (the reference's sides)."""
+  """28x28 by a traced forward, as the reference definitions give (hooked in torch). Without ``large_feature_map``
+  (14x14) VGG's layouts are checked below; ResNet and Inception keep their CAM nets' spatial path."""
   want = _expected_shapes(architecture, 28, FEATURE_CHANNELS[name, architecture])
-  assert _traced(abstract(name, architecture, 10)) == want
-  small_maps = abstract(name, architecture, 10, large_feature_map=False)
-  assert layers.map_size(small_maps.backbone_ops, 224) == 14
+  assert _traced(abstract(name, architecture)) == want
 
 
 def _standard_vgg16_config(architecture, large_feature_map):
@@ -229,8 +234,9 @@ def test_vgg16_layouts_are_the_standards_configs(architecture, large_feature_map
   widths = dict(zip(vgg._conv_names(), (w for stage in vgg.VGG16_STAGES for w in stage)))
   layout = vgg.vgg16_layout(architecture, pool4=not large_feature_map)
   assert [widths.get(e, e) for e in layout] == _standard_vgg16_config(architecture, large_feature_map)
-  model = abstract("vgg16_wsol", architecture, 10, large_feature_map=large_feature_map)
+  model = abstract("vgg16_wsol", architecture, large_feature_map=large_feature_map)
   assert model.features.layout == layout
+  assert layers.map_size(model.backbone_ops, 224) == (28 if large_feature_map else 14)
 
 
 @pytest.mark.parametrize("architecture, added", [
@@ -269,12 +275,11 @@ def _sixteenth(shapes):
 
 
 @pytest.mark.parametrize("architecture, head, added", [
-    ("adl", None, ["head.classifier"]),
     # ACoL has no head.classifier for load_pretrained's 1000-way check: its head is left out by hand.
     ("acol", False, ["head.classifier_A", "head.classifier_B"]),
     ("spg", None, ["head.SPG_B_1a", "head.SPG_B_2a", "head.SPG_B_shared", "head.SPG_C", "head.classifier"]),
 ])
-def test_torchvision_resnet50_file_loads_into_every_architecture(architecture, head, added):
+def test_torchvision_resnet50_file_loads_into_acol_and_spg(architecture, head, added):
   """Blocks keep torchvision's paths: the standard's renames (layer3.0 -> SPG_A1.0) and ADL's shifts are not needed."""
   pytest.importorskip("torch")
   from test_wsol_weights import _fake, _resnet50_shapes, _unloaded, _value
@@ -285,3 +290,21 @@ def test_torchvision_resnet50_file_loads_into_every_architecture(architecture, h
   assert sorted({".".join(p.split(".")[:-1][:2]) for p in _unloaded(model)}) == added
   np.testing.assert_array_equal(_value(model.layer3[0].conv2.kernel), sd["layer3.0.conv2.weight"].transpose(2, 3, 1, 0))
   np.testing.assert_array_equal(_value(model.layer4[2].bn3.var), sd["layer4.2.bn3.running_var"])
+
+
+@pytest.mark.parametrize("architecture, added", [
+    ("acol", ["head.classifier_A", "head.classifier_B"]),
+    ("spg", ["SPG_A3_1b.conv", "SPG_A3_2b.conv", "head.SPG_B_1a", "head.SPG_B_2a", "head.SPG_B_shared", "head.SPG_C",
+             "head.classifier"]),
+])
+def test_torchvision_inception_v3_file_loads_into_acol_and_spg(architecture, added):
+  pytest.importorskip("torch")
+  from test_wsol_weights import _fake, _inception_v3_shapes, _unloaded, _value
+
+  shapes = {k: v for k, v in _inception_v3_shapes().items() if not k.startswith(("AuxLogits", "Mixed_7", "fc."))}
+  sd = {k: v.numpy() for k, v in _fake(_sixteenth(shapes), seed=5).items()}
+  model = abstract("inceptionv3_wsol", architecture, 10, width_mult=1 / 16)
+  load_pretrained(model, sd)
+  assert sorted({".".join(p.split(".")[:-1][:2]) for p in _unloaded(model)}) == added
+  np.testing.assert_array_equal(_value(model.Mixed_6d.branch7x7_2.conv.kernel),
+                                sd["Mixed_6d.branch7x7_2.conv.weight"].transpose(2, 3, 1, 0))
