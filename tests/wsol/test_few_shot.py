@@ -15,10 +15,11 @@ from flax import nnx
 
 from camjax import localization, models
 from camjax.tools import few_shot as command
+from camjax.train import ModelDef
 from camjax.wsol import few_shot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-ARGS = ["--config=configs/quickstart.py", "--split=validation", "--per_class=1", "--steps=4", "--batch_size=4",
+ARGS = [f"--config={ROOT}/configs/quickstart.py", "--split=validation", "--per_class=1", "--steps=4", "--batch_size=4",
         "--config.data.builder_config=tiny", "--config.data.image_size=32", "--config.model.overrides.widths=(4,8)",
         "--config.model.overrides.blocks_per_stage=(1,1)", "--config.eval.batch_size=32",
         "--config.eval.wsol_threshold_step=0.05", "--config.training.progress_bar=False"]
@@ -79,7 +80,7 @@ def test_a_few_steps_on_a_tiny_model_reduce_the_loss():
 
 def test_scores_equal_the_accumulators_on_the_same_maps():
   localizer = _localizer(seed=1)
-  model_def = few_shot.ModelDef(localizer)
+  model_def = ModelDef(localizer)
   params, stats, other = model_def.split(localizer)
   state = {"params": params, "batch_stats": stats, "other": other}
   map_fn = few_shot.make_map_fn(model_def)
