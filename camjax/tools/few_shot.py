@@ -124,18 +124,23 @@ def check_data(config: Any, split: str, target: str) -> tuple[Any, str]:
 
 
 def score(map_fn: Callable[[np.ndarray], np.ndarray], batches: Iterable[dict], protocol: dict, *,
-          progress: bool = True, total: int | None = None) -> dict:
+          ignore_regions: Callable[[np.ndarray], np.ndarray] | None = None, progress: bool = True,
+          total: int | None = None) -> dict:
   """Class-agnostic score maps of every valid image, scored as the eval loop scores the true class's CAM.
 
   ``map_fn(images) -> (B, H, W)`` maps; ``protocol`` holds ``cam_thresholds``,
   ``iou_thresholds`` and ``paper_threshold``. The map stands for every class, so
-  only GT-known scores exist (no top-1 variants).
+  only GT-known scores exist (no top-1 variants). With ``ignore_regions`` (record
+  indices -> bool masks: mask annotations without boxes, OpenImages30k) the eval
+  loop scores PxAP alone, leaving those pixels out, and so does this.
   """
   from tqdm import tqdm
 
+  from camjax import localization
   from camjax.tools.compare_scoring import Localization, ground_truth
 
-  scorer = Localization(**protocol)
+  scorer = Localization(**protocol) if ignore_regions is None else None
+  pxap = localization.PxapAccumulator(protocol["cam_thresholds"]) if ignore_regions is not None else None
   count = 0
   for batch in tqdm(batches, desc="few-shot eval", unit="batch", total=total, disable=not progress,
                     file=sys.stderr, leave=False):
@@ -144,10 +149,16 @@ def score(map_fn: Callable[[np.ndarray], np.ndarray], batches: Iterable[dict], p
       continue
     maps = np.asarray(map_fn(np.asarray(batch["image"], np.float32)), np.float32)[valid]
     labels, boxes, masks = ground_truth(batch, valid)
-    scorer.add(maps, labels, boxes, masks, np.ones(len(labels), bool))
+    if scorer is not None:
+      scorer.add(maps, labels, boxes, masks, np.ones(len(labels), bool))
+    else:
+      pxap.add(localization.min_max(maps, dtype=np.float32), masks,
+               ignore_regions(np.asarray(batch["index"])[valid]))
     count += int(valid.sum())
   if not count:
     raise UserError("the eval split gave no valid image; check --config.data.eval_split")
+  if scorer is None:
+    return {"num_images": count, "PxAP": pxap.result()["PxAP"]}
   results = {k: v for k, v in scorer.result().items() if not k.startswith("top1_loc@")}
   return {"num_images": count, **results}
 
@@ -257,6 +268,7 @@ def fit_and_score(config: Any, dataset: Any, *, split: str, per_class: int, step
   import jax.numpy as jnp
 
   from camjax.data import pipeline
+  from camjax.data.openimages import IgnoreRegions
   from camjax.train import COMPUTE_DTYPES, data as train_data
   from camjax.wsol import few_shot
 
@@ -293,7 +305,8 @@ def fit_and_score(config: Any, dataset: Any, *, split: str, per_class: int, step
   map_fn = few_shot.make_map_fn(trained.model_def, dtype)
   eval_batches = train_data.eval_batches(config, process_index=0, process_count=1)
   scores = score(lambda images: map_fn(trained.state, jnp.asarray(images)), eval_batches, protocol_of(config),
-                 progress=config.training.progress_bar, total=len(eval_batches))
+                 ignore_regions=IgnoreRegions.for_eval(config), progress=config.training.progress_bar,
+                 total=len(eval_batches))
   seconds["eval"] = time.perf_counter() - start
   return {
       "title": f"Few-shot localization baseline on {name}",

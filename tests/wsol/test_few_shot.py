@@ -67,7 +67,7 @@ def _batch(n: int = 4, seed: int = 0) -> dict:
     boxes[i, 0] = (x0, y0, x0 + 6, y0 + 6)
   return {"image": images, "boxes": boxes, "num_boxes": np.ones(n, np.int32),
           "mask": np.asarray(few_shot.box_targets(boxes, np.ones(n), (16, 16)), np.uint8),
-          "label": np.arange(n, dtype=np.int32) % 3, "valid": np.ones(n, bool)}
+          "label": np.arange(n, dtype=np.int32) % 3, "valid": np.ones(n, bool), "index": np.arange(n) + 10 * seed}
 
 
 def test_a_few_steps_on_a_tiny_model_reduce_the_loss():
@@ -107,6 +107,15 @@ def test_scores_equal_the_accumulators_on_the_same_maps():
   assert got["MaxBoxAcc"] == direct["MaxBoxAcc"] and got["MaxBoxAccV2"] == direct["MaxBoxAccV2"]
   assert got["PxAP"] == pxap.result()["PxAP"]
   assert not any(k.startswith("top1_loc") for k in got)  # one map for every class: GT-known scores only
+
+  # Ignore regions (masks without boxes): PxAP alone, those pixels left out, as the eval loop does.
+  ignore = {int(i): np.arange(16)[None, :] < 4 for b in batches for i in b["index"]}  # the left 4 columns
+  got = command.score(lambda x: map_fn(state, jnp.asarray(x)), batches, protocol, progress=False,
+                      ignore_regions=lambda indices: np.stack([np.broadcast_to(ignore[int(i)], (16, 16))
+                                                               for i in indices]))
+  pxap = localization.PxapAccumulator(protocol["cam_thresholds"])
+  pxap.add(localization.min_max(maps), masks, np.broadcast_to(np.arange(16)[None, :] < 4, masks.shape))
+  assert got == {"num_images": 7, "PxAP": pxap.result()["PxAP"]}
 
 
 @pytest.fixture(scope="module")
