@@ -225,7 +225,7 @@ def describe(name: str, split: str, choice: Any, per_class: int, target: str, co
 
 
 def run(argv: Sequence[str]) -> int:
-  parser = build_parser(argv[0] if argv else "python -m camjax.few_shot")
+  parser = build_parser("python -m camjax.few_shot")
   args, rest = parser.parse_known_args(list(argv[1:]))
   overrides = [a for a in rest if a.startswith("--config.")]
   if len(overrides) != len(rest):
