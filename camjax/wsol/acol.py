@@ -17,7 +17,7 @@ per-map min-max normalisation that ACoL's erasing and SPG's attention both use.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -66,14 +66,14 @@ class ArchitectureSwitch:
   architecture = "cam"
 
   @property
-  def wsol_outputs(self):
+  def wsol_outputs(self) -> Callable[[jax.Array, jax.Array], dict[str, jax.Array]]:
     if self.architecture not in ("acol", "spg"):
       raise AttributeError(f"wsol_outputs exists for architecture 'acol' or 'spg', not {self.architecture!r}: "
                            "train this network on model(images)[0]")
     return self._wsol_outputs
 
   @property
-  def class_maps(self):
+  def class_maps(self) -> Callable[[jax.Array, jax.Array], jax.Array]:
     if self.architecture != "acol":
       raise AttributeError(f"architecture {self.architecture!r} has no class_maps of its own: its maps are CAM's "
                            "(camjax.cam.class_maps)")
@@ -166,7 +166,7 @@ class AcolHead(nnx.Module):
     maps_b = jax.lax.map(branch_b, (jnp.moveaxis(maps_a, 1, 0), ids.T))
     return jnp.maximum(maps_a, jnp.moveaxis(maps_b, 0, 1))
 
-  def cam_weights(self):
+  def cam_weights(self) -> tuple[jax.Array, jax.Array]:
     raise NotCamCompatible("an ACoL network's map fuses two branches' class maps, not a kernel product; "
                            "use camjax.cam.class_maps or the model's class_maps")
 
