@@ -32,7 +32,7 @@ def cutmix(key: jax.Array, images: jax.Array, labels: jax.Array, beta: float, pr
   shapes are static under jit.
   """
   labels = jnp.asarray(labels)
-  if beta <= 0 or prob <= 0:
+  if beta <= 0:  # Beta(0, 0) has no samples; prob 0 needs no branch (a uniform draw is never below 0)
     return images, labels, labels, jnp.ones((), jnp.float32)
   n, height, width = images.shape[:3]
   k_mix, k_lam, k_perm, k_row, k_col = jax.random.split(key, 5)

@@ -53,76 +53,81 @@ def test_hide_patches_grid_larger_than_the_image_is_one_cell_and_grid_zero_chang
   np.testing.assert_array_equal(hide_patches(jax.random.key(2), images, 2, 1.0), 0.0)
 
 
-def _draws(images, labels, beta: float, prob: float, count: int) -> list[tuple[np.ndarray, ...]]:
-  """``count`` CutMix draws (keys 0, 1, ...) of one batch in one compiled call."""
-  keys = jax.vmap(jax.random.key)(jnp.arange(count))
-  out = jax.jit(jax.vmap(lambda k: cutmix(k, images, labels, beta, prob)))(keys)
-  return list(zip(*map(np.asarray, out)))
+# One batch for the CutMix tests, 16 x 64 so that rows and columns differ, labels = row numbers.
+HEIGHT, WIDTH = 16, 64
+IMAGES = _images(6, HEIGHT, WIDTH, seed=1)
+LABELS = jnp.arange(6, dtype=jnp.int32)
 
 
-def _box(mixed: np.ndarray, original: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Rows and columns where an image differs from the original (all pixels differ between images)."""
-  changed = np.any(mixed != original, axis=(0, 3))
+@jax.jit
+def _cutmix_draws(prob: jax.Array) -> tuple[jax.Array, ...]:
+  """CutMix of IMAGES with keys 0..99 and beta 1 (one program for every test: ``prob`` is traced)."""
+  keys = jax.vmap(jax.random.key)(jnp.arange(100))
+  return jax.vmap(lambda k: cutmix(k, IMAGES, LABELS, 1.0, prob))(keys)
+
+
+def _draws(prob: float) -> list[tuple[np.ndarray, ...]]:
+  return list(zip(*map(np.asarray, _cutmix_draws(jnp.float32(prob)))))
+
+
+def _box(mixed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Rows and columns where a batch differs from IMAGES (every pixel differs between images)."""
+  changed = np.any(mixed != np.asarray(IMAGES), axis=(0, 3))
   return np.flatnonzero(changed.any(1)), np.flatnonzero(changed.any(0))
 
 
 def test_cutmix_pastes_one_box_from_the_permuted_images_and_lam_is_its_complement():
-  n, height, width = 6, 12, 20
-  images = _images(n, height, width, seed=1)
-  labels = jnp.arange(n, dtype=jnp.int32)
+  images = np.asarray(IMAGES)
   areas = set()
-  for mixed, labels_a, labels_b, lam in _draws(images, labels, 1.0, 1.0, 12):
-    np.testing.assert_array_equal(labels_a, labels)
+  for mixed, labels_a, labels_b, lam in _draws(1.0):
+    np.testing.assert_array_equal(labels_a, LABELS)
     perm = labels_b  # labels are the row numbers: labels_b is the permutation
-    assert sorted(perm.tolist()) == list(range(n))
-    rows, cols = _box(mixed, np.asarray(images))
+    assert sorted(perm.tolist()) == list(range(len(images)))
+    rows, cols = _box(mixed)
     area = len(rows) * len(cols)
     areas.add(area)
     if area:
       # One rectangle, the same for every image, holding the partner's pixels exactly; the rest untouched.
       assert rows.tolist() == list(range(rows[0], rows[-1] + 1)) and cols.tolist() == list(range(cols[0], cols[-1] + 1))
       box = (slice(None), slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-      np.testing.assert_array_equal(mixed[box], np.asarray(images)[perm][box])
-      outside = np.ones((height, width), bool)
+      np.testing.assert_array_equal(mixed[box], images[perm][box])
+      outside = np.ones((HEIGHT, WIDTH), bool)
       outside[box[1:]] = False
-      np.testing.assert_array_equal(mixed[:, outside], np.asarray(images)[:, outside])
-    # A partner that is the image itself pastes its own pixels: count the box from the images that moved.
-    if np.all(perm == np.arange(n)):
+      np.testing.assert_array_equal(mixed[:, outside], images[:, outside])
+    # A partner that is the image itself pastes its own pixels: the box shows in the images that moved.
+    if np.all(perm == np.arange(len(images))):
       continue
-    np.testing.assert_allclose(lam, 1 - area / (height * width), rtol=1e-6)
-  assert len(areas) > 3  # lam ~ Beta(1, 1): boxes of many sizes
+    np.testing.assert_allclose(lam, 1 - area / (HEIGHT * WIDTH), rtol=1e-6)
+  assert len(areas) > 20  # lam ~ Beta(1, 1): boxes of many sizes
 
 
 def test_cutmix_box_sides_follow_height_and_width():
   """On a 16 x 64 input a box clear of the border has about 4 times as many columns as rows, as floor(H r) and
   floor(W r) of one ratio r give (a box cut with H and W swapped would be taller than a quarter of its width)."""
-  height, width = 16, 64
-  images = _images(3, height, width, seed=2)
   interior = 0
-  for mixed, _, _, _ in _draws(images, jnp.arange(3), 1.0, 1.0, 100):
-    rows, cols = _box(mixed, np.asarray(images))
-    if len(rows) and rows[0] > 0 and cols[0] > 0 and rows[-1] < height - 1 and cols[-1] < width - 1:
+  for mixed, _, _, _ in _draws(1.0):
+    rows, cols = _box(mixed)
+    if len(rows) and rows[0] > 0 and cols[0] > 0 and rows[-1] < HEIGHT - 1 and cols[-1] < WIDTH - 1:
       interior += 1  # not clipped: rows = 2 (floor(16 r) // 2), columns = 2 (floor(64 r) // 2)
       assert 4 * len(rows) - 2 <= len(cols) <= 4 * len(rows) + 12, (len(rows), len(cols))
   assert interior >= 5
 
+
 def test_cutmix_that_does_not_mix_returns_the_batch_and_lam_one():
-  images = _images(4, 8, 8)
-  labels = jnp.array([3, 1, 0, 2])
-  for beta, prob in ((1.0, 0.0), (0.0, 1.0)):
-    mixed, labels_a, labels_b, lam = cutmix(jax.random.key(0), images, labels, beta, prob)
-    np.testing.assert_array_equal(mixed, images)
-    np.testing.assert_array_equal(labels_a, labels)
-    np.testing.assert_array_equal(labels_b, labels)
+  for mixed, labels_a, labels_b, lam in _draws(0.0):
+    np.testing.assert_array_equal(mixed, IMAGES)
+    np.testing.assert_array_equal(labels_a, LABELS)
+    np.testing.assert_array_equal(labels_b, LABELS)
     assert float(lam) == 1.0
-  # prob 0.5 under jit: some batches mixed, some not; the unmixed ones are unchanged with lam 1.
-  outcomes = []
-  for mixed, _, labels_b, lam in _draws(images, labels, 1.0, 0.5, 40):
-    same = bool(np.array_equal(mixed, np.asarray(images)))
-    if float(lam) == 1.0 and np.array_equal(labels_b, labels):
-      assert same
-    outcomes.append(same)
-  assert 5 < sum(outcomes) < 35
+  mixed, labels_a, labels_b, lam = cutmix(jax.random.key(0), IMAGES, LABELS, 0.0, 1.0)  # beta 0: never mixed
+  assert mixed is IMAGES and float(lam) == 1.0 and np.array_equal(labels_b, LABELS)
+  # prob 0.5: about half the batches mixed; the others unchanged, with lam 1 and labels_b = labels.
+  unmixed = 0
+  for mixed, _, labels_b, lam in _draws(0.5):
+    if float(lam) == 1.0 and np.array_equal(labels_b, LABELS):
+      np.testing.assert_array_equal(mixed, IMAGES)
+      unmixed += 1
+  assert 30 < unmixed < 70
 
 
 def test_mixed_cross_entropy_by_hand():
