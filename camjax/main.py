@@ -66,6 +66,9 @@ def validate_config(config: Any, *, num_devices: int | None = None, mode: str = 
     raise ConfigError(f"model.dtype={config.model.dtype!r}; set --config.model.dtype to one of {DTYPES}")
   if config.model.num_classes < 1:
     raise ConfigError(f"model.num_classes={config.model.num_classes}; set it to the number of classes")
+  from camjax.wsol.training import check_method
+
+  check_method(config)  # before config.json is written
   unknown = set(config.eval.protocols) - set(EVAL_PROTOCOLS)
   if unknown:
     raise ConfigError(f"eval.protocols has {sorted(unknown)}; use a subset of {EVAL_PROTOCOLS}")

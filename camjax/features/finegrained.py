@@ -253,7 +253,8 @@ def backbone_training_config(config: Any) -> Any:
   from camjax.train import checkpoint
 
   saved = _saved_config(config.backbone_workdir) if config.backbone_workdir else {}
-  merged = checkpoint.with_run_model(config, saved["model"] if isinstance(saved.get("model"), Mapping) else {})
+  method = saved.get("method") if isinstance(saved.get("method"), Mapping) else None
+  merged = checkpoint.with_run_model(config, saved["model"] if isinstance(saved.get("model"), Mapping) else {}, method)
   merged.pretrained.path = ""  # the checkpoint holds every weight; do not re-import pretrained ones
   return merged
 

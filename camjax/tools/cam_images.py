@@ -155,7 +155,7 @@ class CamRunner:
     from camjax import cam
     from camjax.data import transforms  # imported here: the checks above must stay fast
 
-    cam.cam_weights(model)  # fails now, with the reason, for models without a GAP head
+    cam.check_class_maps(model)  # fails now, with the reason, for models without class maps
     model.eval()
     self.model = model
     mean = transforms.IMAGENET_MEAN if mean is None else mean
@@ -429,7 +429,8 @@ def config_from_run(config: Any, saved: Mapping[str, Any], overrides: Mapping[st
 
   from camjax.train import checkpoint
 
-  out = checkpoint.with_run_model(config, saved["model"])
+  method = saved.get("method")
+  out = checkpoint.with_run_model(config, saved["model"], method if isinstance(method, dict) else None)
   for key in RUN_DATA_FIELDS:
     if key in saved["data"]:
       out.data[key] = saved["data"][key]

@@ -215,11 +215,13 @@ def run_config(path: str) -> dict | None:
   return tuples(saved)
 
 
-def with_run_model(config: Any, saved_model: dict) -> Any:
-  """``config`` (a new, unlocked ConfigDict) with a run's model section over its own.
+def with_run_model(config: Any, saved_model: dict, saved_method: dict | None = None) -> Any:
+  """``config`` (a new, unlocked ConfigDict) with a run's model section (and WSOL method) over its own.
 
   Fields the run does not mention keep this config's values; the run's ``overrides``
   are taken whole, not merged, since they are the network's constructor arguments.
+  ``saved_method`` is the run's ``method`` section: ACoL and SPG runs build a
+  network of their own architecture, so the model alone would not fit their checkpoint.
   """
   import ml_collections
 
@@ -228,6 +230,8 @@ def with_run_model(config: Any, saved_model: dict) -> Any:
   if "overrides" in saved_model:
     model["overrides"] = dict(saved_model["overrides"] or {})
   merged["model"] = model
+  if saved_method:
+    merged["method"] = {**merged.get("method", {}), **dict(saved_method)}
   return ml_collections.ConfigDict(merged)
 
 

@@ -248,7 +248,8 @@ def load_pretrained(
   builder, head_key, head_path = _KEY_MAPS[format]
   if head is None:
     head = False
-    if type(model).__name__ in _HEAD_MODELS:  # reuse a 1000-way head
+    # Reuse a 1000-way head; ACoL's and SPG's class layers are new to their networks, as in the WSOL standard.
+    if type(model).__name__ in _HEAD_MODELS and getattr(model, "architecture", "cam") in ("cam", "adl"):
       layer = model
       for part in (head_path if isinstance(head_path, tuple) else (head_path,)):
         layer = getattr(layer, part)

@@ -133,3 +133,13 @@ def test_a_runs_config_gives_its_model_to_the_readers(tmp_path):
   assert merged.model.num_classes == 4 and merged.model.name == config.model.name  # unmentioned fields kept
   assert merged.model.overrides.to_dict() == {"widths": (2, 3)}  # the run's overrides, whole
   assert checkpoint.with_run_model(config, {}).model.overrides.to_dict() == config.model.overrides.to_dict()
+
+
+def test_a_runs_wsol_method_comes_with_its_model():
+  from camjax.train import checkpoint
+
+  config = h.tiny()
+  merged = checkpoint.with_run_model(config, {"name": "small_gap"}, {"name": "acol", "acol_threshold": 0.5})
+  assert merged.method.name == "acol" and merged.method.acol_threshold == 0.5
+  assert merged.method.adl_drop_rate == config.method.adl_drop_rate
+  assert checkpoint.with_run_model(config, {}).method.name == config.method.name
