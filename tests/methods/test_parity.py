@@ -199,9 +199,9 @@ def test_score_and_ablation_cam_match_pytorch_grad_cam(setup):
   maps, _ = methods.score_cam(model, x[:1], layer="blocks/0", class_ids=ids[:1], align_corners=True, upsample=True,
                               chunk_size=16)
   _agree(_as_grad_cam_output(maps), want, "ScoreCAM")
-  # Ablation-CAM runs the whole reference network once per channel (1280 at the head): at 128 px (even
+  # Ablation-CAM runs the whole reference network once per channel (1280 at the head): at 96 px (even
   # sizes all the way down, where "SAME" and the reference's symmetric padding agree).
-  small = np.stack([_preprocess(getattr(skdata, name)(), size=128) for name in PHOTOS[:1]])
+  small = np.stack([_preprocess(getattr(skdata, name)(), size=96) for name in PHOTOS[:1]])
   small_t = torch.from_numpy(np.ascontiguousarray(small.transpose(0, 3, 1, 2)))
   with lib.AblationCAM(model=net, target_layers=[net.head_act], batch_size=128) as extractor:
     want = extractor(input_tensor=small_t, targets=targets)
