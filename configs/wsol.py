@@ -30,7 +30,7 @@ from __future__ import annotations
 import ml_collections
 
 from camjax.wsol.training import METHODS
-from configs import default
+from configs import default, quickstart
 
 # The standard's settings per (data set, backbone), from its CAM rows. Sources:
 #   [R] the reference README's train command (OpenImages, VGG16, CAM);
@@ -178,23 +178,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 def _quick(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """wsol_quick: configs/quickstart.py's network, data and optimizer, fewer steps, the WSOL protocol alone."""
+  quick = quickstart.get_config()
   with c.unlocked():
-    c.model.overrides.widths = (16, 32, 64, 160)
-    c.model.overrides.blocks_per_stage = (1, 2, 2, 3)
-    c.model.overrides.last_batch_norm = False
-  c.data.image_size = 64
+    c.model.overrides = quick.model.overrides.to_dict()
+  for field in ("image_size", "max_boxes", "mean", "std"):
+    c.data[field] = quick.data[field]
+  c.data.augment.scale = quick.data.augment.scale
+  c.data.augment.ratio = quick.data.augment.ratio
   # HaS cells scaled to the image: the standard's code default (4 px) hides pixel noise, not parts, on 64 px
   # inputs; a quarter of the side, as the HaS paper's 56 px cells on 224 px images.
   c.method.has_grid_size = 16
-  c.data.max_boxes = 4
-  c.data.augment.scale = (1.0, 1.0)
-  c.data.augment.ratio = (1.0, 1.0)
-  c.data.mean = (0.5, 0.5, 0.5)
-  c.data.std = (0.25, 0.25, 0.25)
-  c.optimizer.name = "adamw"
-  c.optimizer.lr = 0.003
-  c.optimizer.weight_decay = 1e-4
-  c.optimizer.schedule = "cosine"
+  for field in ("name", "lr", "weight_decay", "schedule"):
+    c.optimizer[field] = quick.optimizer[field]
   c.optimizer.warmup_steps = QUICK_STEPS // 15
   c.optimizer.new_layer_patterns = ()  # one learning rate: no group to name, whatever heads a method adds
   c.optimizer.new_layer_lr_mult = 1.0
