@@ -72,6 +72,20 @@ def validate_config(config: Any, *, num_devices: int | None = None, mode: str = 
   unknown = set(config.eval.protocols) - set(EVAL_PROTOCOLS)
   if unknown:
     raise ConfigError(f"eval.protocols has {sorted(unknown)}; use a subset of {EVAL_PROTOCOLS}")
+  e = config.eval
+  if e.samples_per_class < 0:
+    raise ConfigError(f"eval.samples_per_class={e.samples_per_class}; give 0 (the whole split) or the number of "
+                      "images per class to score")
+  if e.samples_per_class and config.data.name == "synthetic":
+    raise ConfigError("eval.samples_per_class needs a real data set (the synthetic set is sized by "
+                      "eval.max_examples); set --config.eval.samples_per_class=0")
+  d = config.data
+  if mode != "train" and d.name == "synthetic" and d.eval_split == d.train_split and not d.num_train_examples:
+    raise ConfigError(f"data.eval_split={d.eval_split!r}: the synthetic training split is endless; score another "
+                      "split or bound it with --config.data.num_train_examples")
+  if os.path.isabs(e.output_subdir) or ".." in e.output_subdir.split(os.sep):
+    raise ConfigError(f"eval.output_subdir={e.output_subdir!r}; give a folder name inside the workdir "
+                      "(or '' for the workdir itself)")
   t = config.training
   if t.global_batch_size < 1:
     raise ConfigError(f"training.global_batch_size={t.global_batch_size}; set it to a positive number")
@@ -262,11 +276,14 @@ def _train_and_eval(config: Any, workdir: str, mode: str) -> dict:
   if mode in ("eval", "train_and_eval"):
     from camjax.evaluation import loop as eval_loop
 
-    results = eval_loop.evaluate(result, config, workdir)
+    output = os.path.join(workdir, config.eval.output_subdir) if config.eval.output_subdir else workdir
+    if jax.process_index() == 0:
+      os.makedirs(output, exist_ok=True)
+    results = eval_loop.evaluate(result, config, output)
     if config.report.enabled:
       from camjax import report
 
-      summary = report.write(result, config, workdir, results)
+      summary = report.write(result, config, output, results)
       if jax.process_index() == 0:
         print(report.format_table(summary))
   return results

@@ -105,6 +105,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.wsol_threshold_step = 0.01  # CAM threshold spacing for MaxBoxAcc / PxAP
   c.eval.iou_thresholds = (30, 50, 70)
   c.eval.max_examples = 0  # 0 = whole split
+  c.eval.samples_per_class = 0  # > 0: score only this many images per class (the WSOL standard's train_fullsup size)
+  c.eval.samples_seed = 0  # which ones (the same images for every run that scores with this seed)
+  c.eval.output_subdir = ""  # results and report into WORKDIR/<this> (e.g. one folder per scored split)
   c.eval.baseline = False  # also score the centre baseline (mean-size centre box, centred Gaussian map)
   c.eval.box_rounding = "wsol"  # wsol: boxes scaled with int() truncation as in the WSOL code; pixel
 

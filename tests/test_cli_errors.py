@@ -200,3 +200,49 @@ def test_a_config_files_own_error_is_its_last_line():
             "ValueError: configs/wsol.py: method='foo' is not one of cam, has\n")
   assert camjax_app.one_line(raised) == ("flag --config=configs/wsol.py:method=foo: Error whilst parsing config file: "
                                          "ValueError: configs/wsol.py: method='foo' is not one of cam, has")
+
+
+def test_ablation_chooses_on_the_selection_split_and_reports_the_chosen_rows_test_scores(tmp_path, monkeypatch,
+                                                                                          capsys):
+  # Runs stand in for camjax.main: test scores favour gmp, the held-out split favours gap; gap must be chosen.
+  scores = {("gap", "validation"): 40.0, ("gmp", "validation"): 60.0, ("gap", "test"): 55.0, ("gmp", "test"): 45.0}
+  calls = []
+
+  def fake_run(cmd, **kw):
+    calls.append(cmd)
+    value = next(a.split("=")[-1] for a in cmd if a.startswith("--config.model.pooling="))
+    workdir = next(a.split("=", 1)[1] for a in cmd if a.startswith("--workdir="))
+    subdir = next((a.split("=", 1)[1] for a in cmd if a.startswith("--config.eval.output_subdir=")), "")
+    split = "test" if subdir else "validation"
+    os.makedirs(os.path.join(workdir, subdir), exist_ok=True)
+    with open(os.path.join(workdir, subdir, "metrics.json"), "w") as f:
+      json.dump({"MaxBoxAccV2": scores[value, split], "classification_top1": 50.0}, f)
+    return subprocess.CompletedProcess(cmd, 0)
+
+  monkeypatch.setattr(ablation.subprocess, "run", fake_run)
+  args = [f"--config={h.TINY}", f"--workdir={tmp_path}", "--values=gap,gmp", "--seeds=0",
+          "--select_on=test"]
+  assert ablation.main(args) == 0
+  scoring = [c for c in calls if "--mode=eval" in c]
+  assert len(scoring) == 2 and all("--config.data.eval_split=test" in c and
+                                   "--config.eval.output_subdir=select-test" in c for c in scoring)
+  with open(tmp_path / "ablation.json") as f:
+    report = json.load(f)
+  assert report["selection"]["chosen"] == "gap" and report["selection"]["metric"] == "MaxBoxAccV2"
+  assert report["table"]["gap"]["MaxBoxAccV2"]["mean"] == 40.0
+  assert "**model.pooling=gap** (55.0; gmp: 45.0)" in capsys.readouterr().out
+  calls.clear()
+  assert ablation.main(args) == 0 and calls == []  # finished runs and their scores are reused
+
+
+def test_ablation_refuses_to_select_on_the_test_split():
+  with pytest.raises(UserError, match="--select_on=validation is the split the runs are tested on"):
+    ablation.check_runs(h.TINY, "model.pooling", ["gap"], [], select_on="validation")
+  with pytest.raises(UserError, match="--select_on=test with model.pooling=gap: eval.samples_per_class needs a real"):
+    ablation.check_runs(h.TINY, "model.pooling", ["gap"], [], select_on="test", select_per_class=2)
+  with pytest.raises(UserError, match="the synthetic training split is endless"):
+    ablation.check_runs(h.TINY, "model.pooling", ["gap"], [], select_on="train")
+  flags = ablation.selection_flags("train_fullsup", 5)
+  assert flags[-1] == "--config.eval.output_subdir=select-train_fullsup-5per_class"
+  with pytest.raises(UserError, match="need --select_on"):
+    ablation.main([f"--config={h.TINY}", "--workdir=/tmp/x", "--select_per_class=3"])

@@ -32,7 +32,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from camjax.data import examples, records, transforms, wsol_metadata
+from camjax.data import examples, records, subsample, transforms, wsol_metadata
 from camjax.data.bad_data import BadExample
 from camjax.localization import metadata
 
@@ -181,13 +181,6 @@ class OpenImages30k(records.BuilderMixin, tfds.core.GeneratorBasedBuilder):
     return rec
 
 
-class _Encoded(tfds.decode.Decoder):
-  """Leaves an image feature as its stored bytes (``tfds.decode.SkipDecoding`` does not reach data sources)."""
-
-  def decode_example(self, serialized_example):
-    return serialized_example
-
-
 class IgnoreRegions:
   """The ignore regions of a split's records, by index, at the geometry of the evaluation batches.
 
@@ -213,9 +206,7 @@ class IgnoreRegions:
     info = getattr(dataset, "info", None)
     if info is None or IGNORE not in info.features:
       return None
-    encoded = {key: _Encoded() for key, feature in info.features.items()
-               if key != IGNORE and isinstance(feature, tfds.features.Image)}
-    source = dataset.as_data_source(config.data.eval_split, decoders=encoded)
+    source = subsample.label_source(dataset, config.data.eval_split, decode=(IGNORE,))
     return cls(source, image_size=config.data.image_size, mode=config.data.eval_mode)
 
   def __call__(self, indices: Any) -> np.ndarray:

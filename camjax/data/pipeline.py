@@ -468,10 +468,11 @@ class EvalBatches:
   def __init__(self, source, *, local_batch_size: int, global_batch_size: int, image_size: int,
                mode: str, process_index: int, process_count: int, mean, std, max_boxes: int,
                on_bad_data: str, worker_count: int, box_rounding: str, resize_size: int | None,
-               read_threads: int):
+               read_threads: int, records: Sequence[int] | None = None):
     import grain  # pylint: disable=g-import-not-at-top
     self.local_batch_size = local_batch_size
-    self.num_records = len(source)
+    records = np.arange(len(source)) if records is None else np.asarray(records, np.int64).reshape(-1)
+    self.num_records = len(records)
     self.num_batches = num_eval_batches(self.num_records, global_batch_size, process_count)
     self.image_size = image_size
     self.max_boxes = max_boxes
@@ -488,7 +489,7 @@ class EvalBatches:
     batch = np.arange(self.num_batches)[:, None]
     slot = np.arange(local_batch_size)[None, :]
     positions = (batch * global_batch_size + process_index * local_batch_size + slot).reshape(-1)
-    self.indices = np.where(positions < self.num_records, positions, -1)
+    self.indices = np.append(records, -1)[np.minimum(positions, self.num_records)]  # past the end: padding
     self._dataset = grain.MapDataset.source(self.indices.tolist()).map(prepare)
 
   def __len__(self) -> int:
@@ -526,8 +527,10 @@ def eval_batches(source, *, global_batch_size: int, image_size: int, mode: str =
                  mean=T.IMAGENET_MEAN, std=T.IMAGENET_STD, max_boxes: int = 16,
                  on_bad_data: str = "fail", worker_count: int = 0,
                  box_rounding: str = "pixel", resize_size: int | None = None,
-                 read_threads: int = 4) -> EvalBatches:
-  """Every record of `source` once across processes, in padded batches with a 'valid' mask.
+                 read_threads: int = 4, records: Sequence[int] | None = None) -> EvalBatches:
+  """Every record of `source` (or only its ``records``, by index) once across processes, in padded batches.
+
+  A batch's ``valid`` marks its real rows and ``index`` their record indices in ``source``.
 
   mode "resize": the image straight to image_size^2 (the WSOL standard);
   "resize_crop": shorter side to resize_size (default image_size * 256 / 224),
@@ -551,4 +554,4 @@ def eval_batches(source, *, global_batch_size: int, image_size: int, mode: str =
                      process_count=process_count, mean=mean, std=std, max_boxes=int(max_boxes),
                      on_bad_data=on_bad_data, worker_count=int(worker_count),
                      box_rounding=box_rounding, resize_size=resize_size,
-                     read_threads=int(read_threads))
+                     read_threads=int(read_threads), records=records)

@@ -16,6 +16,18 @@ hyperparameters), not one config with a single field changed:
   python -m camjax.ablation --config=configs/wsol.py:backbone=small,data=shapes \\
       --workdir=runs/wsol_quick --field=arg.method --values=cam,has,acol,spg,adl,cutmix --seeds=0,1,2
 
+The WSOL standard chooses hyperparameters on held-out fully supervised images
+(``train_fullsup``), never on the test split. ``--select_on=train_fullsup`` also
+scores every trained run there (``camjax.main --mode=eval`` into
+``RUN/select-train_fullsup/``; ``--select_per_class=N`` scores N images per
+class, the standard's ``num_val_sample_per_class``) and names the value whose
+mean score there is best (``--select_metric``: PxAP where the runs have masks,
+else MaxBoxAccV2); the test scores to report are that value's row:
+
+  python -m camjax.ablation --config=configs/wsol.py:method=adl,backbone=resnet50,data=cub \\
+      --workdir=runs/adl_lr --field=optimizer.lr --values=1e-4,2e-4,5e-4 --seeds=0 \\
+      --select_on=train_fullsup --select_per_class=5
+
 The field, every value and the extra overrides are checked against the config
 before the first run starts; a misspelt field or a value that cannot work ends
 in one line, ``camjax: error: ...``, and exit 2, as does a run that fails.
@@ -55,6 +67,50 @@ def run_one(config: str, workdir: str, overrides: Sequence[str]) -> dict:
     raise UserError(f"the run in {workdir} ended without {metrics} (preempted?); rerun the ablation to resume it")
   with open(metrics) as f:
     return json.load(f)
+
+
+def selection_dir(split: str, per_class: int) -> str:
+  """The subdirectory of a run that holds its scores on the selection split."""
+  return f"select-{split}" + (f"-{per_class}per_class" if per_class else "")
+
+
+def selection_flags(split: str, per_class: int) -> list[str]:
+  """The overrides that score a trained run on ``split`` into its own subdirectory."""
+  return [f"--config.data.eval_split={split}", f"--config.eval.samples_per_class={per_class}",
+          f"--config.eval.output_subdir={selection_dir(split, per_class)}"]
+
+
+def score_on(config: str, workdir: str, overrides: Sequence[str], split: str, per_class: int) -> dict:
+  """A trained run's scores on ``split`` (``camjax.main --mode=eval``, reused when already there)."""
+  metrics = os.path.join(workdir, selection_dir(split, per_class), "metrics.json")
+  if not os.path.exists(metrics):
+    cmd = [sys.executable, "-m", "camjax.main", f"--config={config}", f"--workdir={workdir}", "--mode=eval",
+           "--config.report.enabled=True", *overrides, *selection_flags(split, per_class)]
+    print("+", " ".join(cmd), flush=True)
+    code = subprocess.run(cmd).returncode
+    if code != 0 or not os.path.exists(metrics):
+      raise UserError(f"scoring the run in {workdir} on {split!r} failed (exit code {code}, output above); "
+                      "fix it and rerun the ablation, finished runs and scores are reused")
+  with open(metrics) as f:
+    return json.load(f)
+
+
+def select(selection: dict[str, list[dict]], metric: str) -> tuple[str, str, dict[str, float]]:
+  """The value with the best mean ``metric`` over its runs' selection scores, the metric used, and every mean.
+
+  ``metric`` "auto" is PxAP where the scores have it, else MaxBoxAccV2.
+  """
+  if metric == "auto":
+    metric = "PxAP" if all("PxAP" in r for rs in selection.values() for r in rs) else "MaxBoxAccV2"
+  means = {}
+  for value, results in selection.items():
+    missing = [r for r in results if metric not in r]
+    if missing:
+      raise UserError(f"--select_metric={metric}: the selection scores of {value} have no {metric} "
+                      f"(they have {', '.join(k for k in missing[0] if k in METRICS)}); choose one of those")
+    means[value] = float(np.mean([r[metric] for r in results]))
+  best = max(means, key=lambda v: means[v])  # the first listed value wins a tie
+  return best, metric, means
 
 
 def _config_overrides(args: Sequence[str]) -> list[str]:
@@ -123,8 +179,9 @@ def setting(config: str, field: str, value: str) -> tuple[str, list[str], str]:
   return config, [f"--config.{field}={value}"], f"{field.replace('.', '_')}={value}"
 
 
-def check_runs(config: str, field: str, values: Sequence[str], overrides: Sequence[str]) -> None:
-  """Before any run: the field exists and every value gives a config ``camjax.main`` accepts."""
+def check_runs(config: str, field: str, values: Sequence[str], overrides: Sequence[str],
+               select_on: str = "", select_per_class: int = 0) -> None:
+  """Before any run: the field exists; every value gives a config camjax.main trains (and scores on select_on)."""
   from camjax import main as camjax_main
 
   if not field.startswith(ARG):
@@ -138,6 +195,15 @@ def check_runs(config: str, field: str, values: Sequence[str], overrides: Sequen
       camjax_main.validate_config(run_config, mode="train_and_eval")
     except UserError as e:
       raise UserError(f"with {field}={value}: {e}") from e
+    if select_on:
+      if select_on == run_config.data.eval_split:
+        raise UserError(f"--select_on={select_on} is the split the runs are tested on; choose settings on "
+                        "held-out images (the standard: train_fullsup)")
+      scoring = load_config(path, [*flags, *overrides, *selection_flags(select_on, select_per_class)])
+      try:
+        camjax_main.validate_config(scoring, mode="eval")
+      except UserError as e:
+        raise UserError(f"--select_on={select_on} with {field}={value}: {e}") from e
 
 
 def summarize(runs: dict[str, list[dict]]) -> tuple[dict, str]:
@@ -167,6 +233,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                       help="config field to vary, or arg.KEY for a key of the config file's argument")
   parser.add_argument("--values", default="gap,gmp")
   parser.add_argument("--seeds", default="0,1,2")
+  parser.add_argument("--select_on", default="",
+                      help="also score every run on this split (the standard: train_fullsup) and name the best value")
+  parser.add_argument("--select_per_class", type=int, default=0,
+                      help="images per class scored on --select_on (0: all; the standard: 5 CUB, 25 OpenImages)")
+  parser.add_argument("--select_metric", default="auto", choices=("auto", *METRICS),
+                      help="what --select_on maximises (auto: PxAP where there are masks, else MaxBoxAccV2)")
   parser.add_argument("overrides", nargs="*", help="extra --config.x=y flags passed to every run (after --)")
   args = parser.parse_args(argv)
   values = [v for v in args.values.split(",") if v]
@@ -176,21 +248,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     raise UserError(f"--seeds={args.seeds}: give comma-separated integers, e.g. --seeds=0,1,2") from None
   if not values or not seeds:
     raise UserError("--values and --seeds need at least one entry each")
-  check_runs(args.config, args.field, values, args.overrides)
+  if args.select_per_class < 0:
+    raise UserError(f"--select_per_class={args.select_per_class}; give 0 (all images) or a positive number")
+  if not args.select_on and (args.select_per_class or args.select_metric != "auto"):
+    raise UserError("--select_per_class and --select_metric need --select_on=SPLIT (e.g. train_fullsup)")
+  check_runs(args.config, args.field, values, args.overrides, args.select_on, args.select_per_class)
   camjax_app.writable_dir(args.workdir, "--workdir")
   runs: dict[str, list[dict]] = {}
+  selection: dict[str, list[dict]] = {}
   for value in values:
     for seed in seeds:
       path, flags, name = setting(args.config, args.field, value)
       workdir = os.path.join(args.workdir, name, f"seed{seed}")
       flags = [*flags, f"--config.training.seed={seed}", *args.overrides]
       runs.setdefault(value, []).append(run_one(path, workdir, flags))
+      if args.select_on:
+        selection.setdefault(value, []).append(score_on(path, workdir, flags, args.select_on, args.select_per_class))
   table, markdown = summarize(runs)
   header = f"{args.field} over seeds {seeds} ({args.config}); mean ± standard deviation\n\n"
+  report = {"field": args.field, "seeds": seeds, "config": args.config, "table": table}
+  if args.select_on:
+    best, metric, means = select(selection, args.select_metric)
+    scored = f"{args.select_per_class} images per class" if args.select_per_class else "all images"
+    selection_table, selection_markdown = summarize(selection)
+    report["selection"] = {"split": args.select_on, "per_class": args.select_per_class, "metric": metric,
+                           "means": means, "chosen": best, "table": selection_table}
+    others = ", ".join(f"{v}: {m:.1f}" for v, m in means.items() if v != best)
+    markdown += (f"\n\nThe same runs scored on {args.select_on} ({scored}):\n\n{selection_markdown}\n\n"
+                 f"Chosen on {args.select_on} by mean {metric}: **{args.field}={best}** ({means[best]:.1f}"
+                 + (f"; {others}" if others else "") + "). Its row in the first table is the one to report.")
   with open(os.path.join(args.workdir, "ablation.md"), "w") as f:
     f.write(header + markdown + "\n")
   with open(os.path.join(args.workdir, "ablation.json"), "w") as f:
-    json.dump({"field": args.field, "seeds": seeds, "config": args.config, "table": table}, f, indent=2)
+    json.dump(report, f, indent=2)
   print(header + markdown)
   return 0
 

@@ -267,7 +267,7 @@ def fit_and_score(config: Any, dataset: Any, *, split: str, per_class: int, step
   import jax
   import jax.numpy as jnp
 
-  from camjax.data import pipeline
+  from camjax.data import pipeline, subsample
   from camjax.data.openimages import IgnoreRegions
   from camjax.train import COMPUTE_DTYPES, data as train_data
   from camjax.wsol import few_shot
@@ -277,7 +277,7 @@ def fit_and_score(config: Any, dataset: Any, *, split: str, per_class: int, step
   seconds: dict[str, float] = {}
   start = time.perf_counter()
   source = dataset.as_data_source(split)
-  choice = few_shot.choose_images(source, per_class, int(config.model.num_classes), seed)
+  choice = subsample.per_class(subsample.label_source(dataset, split), per_class, int(config.model.num_classes), seed)
   seconds["choose"] = time.perf_counter() - start
   origin = "" if split == STANDARD_SPLIT else f" (not the standard's {STANDARD_SPLIT})"
   print(f"few-shot images: {len(choice.indices)} from the {split} split of {name}{origin}, up to {per_class} "
@@ -285,7 +285,7 @@ def fit_and_score(config: Any, dataset: Any, *, split: str, per_class: int, step
 
   start = time.perf_counter()
   batches = pipeline.train_iterator(
-      few_shot.Subset(source, choice.indices), global_batch_size=batch_size, image_size=d.image_size, seed=seed,
+      subsample.Subset(source, choice.indices), global_batch_size=batch_size, image_size=d.image_size, seed=seed,
       process_index=0, process_count=1, augment=train_data.augment_settings(config), mean=tuple(d.mean),
       std=tuple(d.std), max_boxes=d.max_boxes, on_bad_data=d.on_bad_data, worker_count=d.worker_count)
   dtype = COMPUTE_DTYPES[config.model.dtype]

@@ -74,11 +74,39 @@ def eval_batches(config: Any, *, process_index: int, process_count: int) -> Iter
 
   if config.eval.max_examples:
     source = pipeline.HeadSource(source, config.eval.max_examples)
+  records = eval_records(config, source) if config.eval.samples_per_class else None
   return pipeline.eval_batches(
-      source, global_batch_size=config.eval.batch_size, image_size=config.data.image_size,
+      source, records=records, global_batch_size=config.eval.batch_size, image_size=config.data.image_size,
       mode=config.data.eval_mode, process_index=process_index, process_count=process_count,
       mean=tuple(config.data.mean), std=tuple(config.data.std), max_boxes=config.data.max_boxes,
       box_rounding=config.eval.box_rounding if config.data.eval_mode == "resize" else "pixel")
+
+
+def eval_records(config: Any, source: Any) -> list[int]:
+  """The records of ``source`` scored: ``eval.samples_per_class`` per class, chosen by ``eval.samples_seed``.
+
+  Labels are read without decoding images. A class the split holds fewer images
+  of gets all it has, with a warning (the standard refuses such a count).
+  """
+  import logging
+
+  from camjax import data
+  from camjax.data import pipeline, subsample
+
+  n, split = int(config.eval.samples_per_class), config.data.eval_split
+  labels = subsample.label_source(data.prepare_from_config(config), split)
+  if isinstance(source, pipeline.HeadSource):
+    labels = pipeline.HeadSource(labels, len(source))
+  choice = subsample.per_class(labels, n, int(config.model.num_classes), int(config.eval.samples_seed))
+  short = choice.short_classes(n)
+  log = logging.getLogger("camjax.eval")
+  if short:
+    log.warning("eval.samples_per_class=%d: %d of %d classes have fewer images in %r (e.g. class %d: %d); "
+                "they are scored on all they have", n, len(short), len(choice.per_class), split, short[0],
+                choice.per_class[short[0]])
+  log.info("scoring %d images of %r: up to %d per class (eval.samples_seed=%d)", len(choice.indices), split, n,
+           config.eval.samples_seed)
+  return choice.indices
 
 
 def mean_box_fraction(config: Any, *, max_records: int = 2000) -> tuple[float, float]:

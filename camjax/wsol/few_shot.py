@@ -10,8 +10,9 @@ the segmentation mask where the data set has one) on ``n`` images per class. The
 sigmoid of its logits, upsampled to the image, is one class-agnostic score map per
 image; the evaluator scores it as it scores the CAM of the true class.
 
-The pieces: ``choose_images`` (n per class, fixed by a seed), ``box_targets`` and
-``batch_targets`` (the foreground at the image's pixels), ``pixel_bce`` (the loss),
+The few images come from ``camjax.data.subsample.per_class`` (n per class, fixed
+by a seed). The pieces: ``box_targets`` and ``batch_targets`` (the foreground at
+the image's pixels), ``pixel_bce`` (the loss),
 ``FewShotLocalizer`` and ``build_localizer`` (backbone + head), ``train`` (jitted
 steps over batches of the few images) and ``make_map_fn`` (score maps).
 ``camjax.tools.few_shot`` is the command that joins them to the data and the
@@ -43,65 +44,6 @@ log = logging.getLogger("camjax.wsol")
 
 TARGETS = ("auto", "boxes", "masks")
 BACKBONE = "backbone/"  # parameter paths of the zoo model inside the localizer
-
-
-# ----------------------------------------------------------------------------- the few images
-
-
-@dataclasses.dataclass
-class Choice:
-  """The records ``choose_images`` took: split indices (class by class) and what each class got."""
-
-  indices: list[int]
-  per_class: dict[int, int]  # class -> images taken (< n when the split has fewer)
-  unreadable: list[int]  # indices whose record could not be read (skipped)
-
-
-def choose_images(source: Any, per_class: int, num_classes: int, seed: int) -> Choice:
-  """``per_class`` records of every class of ``source``, the first ones met in a permutation fixed by ``seed``.
-
-  Walks the permutation only until every class is full, so a large split is read
-  no further than needed. A class with fewer records gets all it has.
-  """
-  if per_class < 1:
-    raise UserError(f"per_class={per_class}; give at least 1 image per class")
-  taken: dict[int, list[int]] = {c: [] for c in range(num_classes)}
-  unreadable: list[int] = []
-  full = 0
-  for index in np.random.default_rng(seed).permutation(len(source)):
-    try:
-      label = int(source[int(index)]["label"])
-    except Exception as e:  # noqa: BLE001 - a corrupt record is skipped and listed, as the pipeline does
-      log.warning("record %d of the few-shot split cannot be read (%s: %s); skipped", index, type(e).__name__, e)
-      unreadable.append(int(index))
-      continue
-    if not 0 <= label < num_classes:
-      raise UserError(f"record {index} has label {label}, outside model.num_classes={num_classes}; "
-                      "set --config.model.num_classes to the data set's class count")
-    if len(taken[label]) < per_class:
-      taken[label].append(int(index))
-      full += len(taken[label]) == per_class
-      if full == num_classes:
-        break
-  indices = [i for c in range(num_classes) for i in taken[c]]
-  if not indices:
-    raise UserError("the few-shot split gave no readable record; check --split")
-  return Choice(indices, {c: len(v) for c, v in taken.items()}, unreadable)
-
-
-class Subset:
-  """Records ``indices`` of a random-access source, as a source of their own (for the grain pipeline)."""
-
-  def __init__(self, source: Any, indices: Sequence[int]):
-    self._source = source
-    self._indices = [int(i) for i in indices]
-    self.dataset_info = getattr(source, "dataset_info", None)
-
-  def __len__(self) -> int:
-    return len(self._indices)
-
-  def __getitem__(self, index: int) -> Any:
-    return self._source[self._indices[index]]
 
 
 # ----------------------------------------------------------------------------- targets and loss

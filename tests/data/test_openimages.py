@@ -144,3 +144,32 @@ def test_eval_loop_scores_pxap_alone_with_the_ignore_regions(built, tmp_path, mo
   assert "wsol" not in results and results["pxap"]["num_images"] == 2
   assert sorted(int(m.sum()) for m in np.concatenate(seen)) == sorted(
       int(w["ignore"].sum()) for w in expect["test"].values())
+
+
+def test_eval_of_n_per_class_writes_into_its_own_folder_and_leaves_the_runs_results(built, tmp_path):
+  import json
+  import os
+
+  from camjax import main
+  from tests._train_helpers import tiny
+
+  _, expect, root = built
+  common = {"data.name": "openimages30k", "data.builder_config": "wsol", "data.data_dir": str(root / "data"),
+            "data.manual_dir": str(root / "manual"), "data.image_size": 8, "model.num_classes": 2,
+            "training.num_steps": 1, "training.global_batch_size": 2, "eval.batch_size": 2,
+            "eval.protocols": ("wsol",)}
+  workdir = str(tmp_path / "run")
+  main.run(tiny(**common, **{"data.eval_split": "test"}), workdir, "train_and_eval")
+  with open(os.path.join(workdir, "eval_results.json")) as f:
+    tested = f.read()
+  picked = tiny(**{**common, "data.eval_split": "train", "eval.protocols": (), "eval.samples_per_class": 1,
+                   "eval.samples_seed": 3, "eval.output_subdir": "select-train"})  # train has no masks
+  results = main.run(picked, workdir, "eval")
+  assert results["classification"]["top1_acc"] in (0.0, 50.0, 100.0) and results["num_images"] == 2
+  train = built[0].as_data_source("train")
+  chosen = train_data.eval_records(picked, train)
+  assert len(train) == 4 and sorted(int(train[i]["label"]) for i in chosen) == [0, 1]  # one image per class
+  with open(os.path.join(workdir, "select-train", "eval_results.json")) as f:
+    assert json.load(f)["num_images"] == 2
+  with open(os.path.join(workdir, "eval_results.json")) as f:
+    assert f.read() == tested

@@ -125,6 +125,18 @@ def test_eval_covers_every_record_once_across_two_processes(num_records):
       assert np.all(b["image"][~b["valid"]] == 0)
 
 
+def test_eval_of_chosen_records_gives_their_indices_and_labels_once_across_two_processes():
+  chosen = [17, 2, 9, 4, 11]
+  source = Source(20)
+  runs = [list(P.eval_batches(source, global_batch_size=4, image_size=16, process_index=p, process_count=2,
+                              records=chosen)) for p in range(2)]
+  assert [len(r) for r in runs] == [2, 2]
+  rows = [(int(i), int(label)) for r in runs for b in r for i, label in zip(b["index"][b["valid"]],
+                                                                            b["label"][b["valid"]])]
+  assert sorted(rows) == sorted((i, source[i]["label"]) for i in chosen)  # the batch's index is the record's
+  assert all(np.all(b["index"][~b["valid"]] == -1) for r in runs for b in r)
+
+
 def test_eval_global_batch_k_holds_records_k_times_g():
   runs = [list(P.eval_batches(Source(13), global_batch_size=6, image_size=16,
                               process_index=p, process_count=3)) for p in range(3)]

@@ -41,16 +41,6 @@ def test_pixel_bce_is_the_mean_of_the_hand_computed_terms():
   assert got == pytest.approx(1.5 * math.log(2.0), rel=1e-6)
 
 
-def test_choose_images_takes_n_per_class_fixed_by_the_seed():
-  labels = [0] * 6 + [1] * 6 + [2] * 1
-  source = [{"label": c} for c in labels]
-  a = few_shot.choose_images(source, 2, 3, seed=0)
-  assert a.per_class == {0: 2, 1: 2, 2: 1}  # class 2 has one image: it gets it
-  assert sorted(labels[i] for i in a.indices) == [0, 0, 1, 1, 2]
-  assert few_shot.choose_images(source, 2, 3, seed=0).indices == a.indices
-  assert {tuple(few_shot.choose_images(source, 2, 3, seed=s).indices) for s in range(5)} != {tuple(a.indices)}
-
-
 def _localizer(seed: int = 0) -> few_shot.FewShotLocalizer:
   backbone = models.create("small_gap", num_classes=3, widths=(4, 8), blocks_per_stage=1, seed=seed)
   return few_shot.FewShotLocalizer(backbone, few_shot.feature_channels(backbone, 16), rngs=nnx.Rngs(seed))
