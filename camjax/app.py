@@ -232,6 +232,43 @@ def writable_file(path: str, flag: str) -> str:
   return path
 
 
+def write_together(directory: str, writers: dict[str, Callable[[str], None]]) -> list[str]:
+  """Write several files of ``directory`` so that a failure leaves the earlier versions of all of them.
+
+  ``writers`` maps a file name to a function that writes that file's content to the
+  path it is given (a temporary file beside it); only when every one has succeeded
+  are they renamed into place. Returns the written paths in ``writers``' order.
+  """
+  import tempfile
+
+  temps: dict[str, str] = {}
+  try:
+    for name, write in writers.items():
+      fd, temps[name] = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+      os.close(fd)
+      write(temps[name])
+    paths = []
+    for name, tmp in temps.items():
+      os.chmod(tmp, 0o644)
+      os.replace(tmp, os.path.join(directory, name))
+      paths.append(os.path.join(directory, name))
+    return paths
+  finally:
+    for tmp in temps.values():
+      if os.path.exists(tmp):
+        os.remove(tmp)
+
+
+def text_writer(text: str) -> Callable[[str], None]:
+  """A ``write_together`` writer of ``text`` (UTF-8)."""
+  def write(path: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+  return write
+
+
 def format_table(header: Sequence[str], rows: Sequence[Sequence[object]], *, title: str = "",
                  footer: str = "") -> str:
   """Rows as an aligned plain-text table for the console: first column left, the others right.

@@ -197,20 +197,6 @@ def checkpoint_steps(workdir: str) -> list[int]:
   return sorted(int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
 
 
-def _write_atomic(path: str, text: str) -> None:
-  """Write ``path`` whole or not at all (a temporary file, then os.replace)."""
-  tmp = f"{path}.tmp-{os.getpid()}"
-  try:
-    with open(tmp, "w") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
 def run_config_path(workdir: str, mode: str, steps: list[int], now: datetime.datetime | None = None) -> str:
   """Where this run's config goes.
 
@@ -251,7 +237,8 @@ def run(config: Any, workdir: str, mode: str) -> dict:
   record = None
   if jax.process_index() == 0:
     record = run_config_path(workdir, mode, steps)
-    _write_atomic(record, config.to_json_best_effort(indent=2))
+    camjax_app.write_together(os.path.dirname(record) or ".",
+                              {os.path.basename(record): camjax_app.text_writer(config.to_json_best_effort(indent=2))})
   try:
     return _train_and_eval(config, workdir, mode)
   except UserError:

@@ -246,3 +246,16 @@ def test_ablation_refuses_to_select_on_the_test_split():
   assert flags[-1] == "--config.eval.output_subdir=select-train_fullsup-5per_class"
   with pytest.raises(UserError, match="need --select_on"):
     ablation.main([f"--config={h.TINY}", "--workdir=/tmp/x", "--select_per_class=3"])
+
+
+def test_files_written_together_keep_their_old_versions_when_one_writer_fails(tmp_path):
+  camjax_app.write_together(str(tmp_path), {"a.md": camjax_app.text_writer("old a"),
+                                            "b.json": camjax_app.text_writer("old b")})
+
+  def fails(path):
+    raise OSError("disk full")
+
+  with pytest.raises(OSError, match="disk full"):
+    camjax_app.write_together(str(tmp_path), {"a.md": camjax_app.text_writer("new a"), "b.json": fails})
+  assert sorted(os.listdir(tmp_path)) == ["a.md", "b.json"]  # no temporary file left behind
+  assert (tmp_path / "a.md").read_text() == "old a" and (tmp_path / "b.json").read_text() == "old b"

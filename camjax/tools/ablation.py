@@ -277,10 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     markdown += (f"\n\nThe same runs scored on {args.select_on} ({scored}):\n\n{selection_markdown}\n\n"
                  f"Chosen on {args.select_on} by mean {metric}: **{args.field}={best}** ({means[best]:.1f}"
                  + (f"; {others}" if others else "") + "). Its row in the first table is the one to report.")
-  with open(os.path.join(args.workdir, "ablation.md"), "w") as f:
-    f.write(header + markdown + "\n")
-  with open(os.path.join(args.workdir, "ablation.json"), "w") as f:
-    json.dump(report, f, indent=2)
+  camjax_app.write_together(args.workdir, {"ablation.md": camjax_app.text_writer(header + markdown + "\n"),
+                                           "ablation.json": camjax_app.text_writer(json.dumps(report, indent=2))})
   print(header + markdown)
   return 0
 

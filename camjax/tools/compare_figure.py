@@ -11,7 +11,6 @@ better direction), then the time per image.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -113,39 +112,21 @@ def figure(images: Sequence[np.ndarray], captions: Sequence[str], maps: dict[str
 
 
 def write_outputs(results: dict, picture: np.ndarray | None, output: str) -> list[str]:
-  """methods.md, methods.json and methods.png, each first to a temporary file, then all renamed."""
+  """methods.md, methods.json and methods.png (when there is a picture), all or none (``app.write_together``)."""
   import json
-  import tempfile
 
+  from camjax import app
   from camjax.report import figures as viz
 
-  temps = []
-  try:
-    for name in OUTPUTS:
-      fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=output)
-      os.close(fd)
-      temps.append(tmp)
-      if name.endswith(".md"):
-        with open(tmp, "w", encoding="utf-8") as f:
-          f.write(markdown(results))
-      elif name.endswith(".json"):
-        with open(tmp, "w", encoding="utf-8") as f:
-          json.dump(results, f, indent=2, default=float)
-          f.write("\n")
-      elif picture is not None:
-        viz.save_png(picture, tmp)
-    paths = []
-    for tmp, name in zip(temps, OUTPUTS):
-      if name.endswith(".png") and picture is None:
-        continue
-      os.chmod(tmp, 0o644)
-      os.replace(tmp, os.path.join(output, name))
-      paths.append(os.path.join(output, name))
-    return paths
-  finally:
-    for tmp in temps:
-      if os.path.exists(tmp):
-        os.remove(tmp)
+  writers = {}
+  for name in OUTPUTS:
+    if name.endswith(".md"):
+      writers[name] = app.text_writer(markdown(results))
+    elif name.endswith(".json"):
+      writers[name] = app.text_writer(json.dumps(results, indent=2, default=float) + "\n")
+    elif picture is not None:
+      writers[name] = lambda path: viz.save_png(picture, path)
+  return app.write_together(output, writers)
 
 
 def description(images: Any, layer: str, target: str, rows: dict, faithfulness: dict | None = None) -> str:

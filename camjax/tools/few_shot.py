@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import time
 from typing import Any, Callable, Iterable, Sequence
 
@@ -186,28 +185,10 @@ def markdown(results: dict) -> str:
 
 
 def write_outputs(results: dict, workdir: str) -> list[str]:
-  """few_shot.json and few_shot.md, each to a temporary file first, then both renamed."""
-  temps: list[str] = []
-  try:
-    for name in OUTPUTS:
-      fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=workdir)
-      temps.append(tmp)
-      with os.fdopen(fd, "w", encoding="utf-8") as f:
-        if name.endswith(".json"):
-          json.dump(results, f, indent=2, default=float)
-          f.write("\n")
-        else:
-          f.write(markdown(results))
-    paths = []
-    for tmp, name in zip(temps, OUTPUTS):
-      os.chmod(tmp, 0o644)
-      os.replace(tmp, os.path.join(workdir, name))
-      paths.append(os.path.join(workdir, name))
-    return paths
-  finally:
-    for tmp in temps:
-      if os.path.exists(tmp):
-        os.remove(tmp)
+  """few_shot.json and few_shot.md, both or neither (``app.write_together``)."""
+  json_name, md_name = OUTPUTS
+  return app.write_together(workdir, {json_name: app.text_writer(json.dumps(results, indent=2, default=float) + "\n"),
+                                      md_name: app.text_writer(markdown(results))})
 
 
 def describe(name: str, split: str, choice: Any, per_class: int, target: str, config: Any, steps: int) -> str:
