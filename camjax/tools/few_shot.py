@@ -217,6 +217,13 @@ def run(argv: Sequence[str]) -> int:
 
   config = ablation.load_config(args.config, overrides)
   camjax_main.validate_config(config, mode="eval")
+  import jax
+
+  from camjax.train import sharding
+
+  devices = jax.local_device_count()  # the few images' batches are split over this process's devices
+  sharding.per_device_batch(args.batch_size, devices, field="--batch_size")
+  sharding.per_device_batch(config.eval.batch_size, devices, field="eval.batch_size")
   from camjax.train.checkpoint import pretrained_format
 
   if pretrained_format(config) == "torchvision":
@@ -246,7 +253,6 @@ def fit_and_score(config: Any, dataset: Any, *, split: str, per_class: int, step
                   lr: float, weight_decay: float, target: str, seed: int) -> dict:
   """Choose the images, train the localizer, score its maps: the results ``few_shot.json`` holds."""
   import jax
-  import jax.numpy as jnp
 
   from camjax.data import pipeline, subsample
   from camjax.data.openimages import IgnoreRegions
@@ -283,9 +289,8 @@ def fit_and_score(config: Any, dataset: Any, *, split: str, per_class: int, step
         f"(mean of the first and last {tail} steps)", flush=True)
 
   start = time.perf_counter()
-  map_fn = few_shot.make_map_fn(trained.model_def, dtype)
   eval_batches = train_data.eval_batches(config, process_index=0, process_count=1)
-  scores = score(lambda images: map_fn(trained.state, jnp.asarray(images)), eval_batches, protocol_of(config),
+  scores = score(trained.map_fn(dtype), eval_batches, protocol_of(config),
                  ignore_regions=IgnoreRegions.for_eval(config), progress=config.training.progress_bar,
                  total=len(eval_batches))
   seconds["eval"] = time.perf_counter() - start
@@ -298,7 +303,7 @@ def fit_and_score(config: Any, dataset: Any, *, split: str, per_class: int, step
       "unreadable": choice.unreadable, "target": target, "steps": steps, "batch_size": batch_size, "lr": lr,
       "weight_decay": weight_decay, "seed": seed,
       "loss": {"first": first, "last": last, "steps_averaged": tail},
-      "eval_split": d.eval_split, "scores": scores, "seconds": seconds, "device": str(jax.devices()[0]),
+      "eval_split": d.eval_split, "scores": scores, "seconds": seconds, "devices": [str(d) for d in jax.local_devices()],
   }
 
 

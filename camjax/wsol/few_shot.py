@@ -181,11 +181,19 @@ def make_train_step(model_def: ModelDef, tx: optax.GradientTransformation, targe
 
 @dataclasses.dataclass
 class Trained:
-  """A trained localizer as pure arrays, and the loss of every step."""
+  """A trained localizer as pure arrays (replicated on ``mesh``), and the loss of every step."""
 
   model_def: ModelDef
   state: dict
   losses: np.ndarray
+  mesh: Any = None
+
+  def map_fn(self, dtype: Any = jnp.float32) -> Callable[[np.ndarray], jax.Array]:
+    """``images -> (B, H, W)`` score maps, the batch split over the devices it trained on."""
+    maps = make_map_fn(self.model_def, dtype)
+    if self.mesh is None:
+      return lambda images: maps(self.state, jnp.asarray(images))
+    return lambda images: maps(self.state, sharding.global_batch(self.mesh, {"image": images})["image"])
 
 
 def batch_keys(target: str) -> tuple[str, ...]:
@@ -195,10 +203,13 @@ def batch_keys(target: str) -> tuple[str, ...]:
 
 def train(localizer: FewShotLocalizer, batches: Iterator[dict], *, steps: int, lr: float, weight_decay: float,
           target: str, dtype: Any = jnp.float32, freeze: Sequence[str] = (), log_every: int = 10,
-          progress: bool = True) -> Trained:
+          progress: bool = True, devices: Sequence[Any] | None = None) -> Trained:
   """``steps`` jitted AdamW steps on batches of the few images; a progress bar with the loss on stderr.
 
-  A loss that turns NaN or Inf stops the run with one line saying what to change.
+  Data-parallel over ``devices`` (default: this process's): each batch is split
+  over them, the state replicated, so the steps are those of one device holding
+  the whole batch. A loss that turns NaN or Inf stops the run with one line saying
+  what to change.
   """
   from tqdm import tqdm
 
@@ -209,8 +220,10 @@ def train(localizer: FewShotLocalizer, batches: Iterator[dict], *, steps: int, l
   model_def = ModelDef(localizer)
   params, stats, other = model_def.split(localizer)
   tx = make_optimizer(params, steps=steps, lr=lr, weight_decay=weight_decay, freeze=freeze)
-  state = {"params": params, "batch_stats": stats, "other": other, "opt_state": tx.init(params)}
-  mesh = sharding.make_mesh(1, 1, jax.devices()[:1])
+  devices = list(devices or jax.local_devices())
+  mesh = sharding.make_mesh(len(devices), 1, devices)
+  state = jax.device_put({"params": params, "batch_stats": stats, "other": other, "opt_state": tx.init(params)},
+                         sharding.replicated(mesh))
   step_fn = jax.jit(make_train_step(model_def, tx, target, dtype), donate_argnums=(0,),
                     compiler_options=compiler_options(mesh))
   keys = batch_keys(target)
@@ -219,7 +232,7 @@ def train(localizer: FewShotLocalizer, batches: Iterator[dict], *, steps: int, l
             dynamic_ncols=True) as bar:
     for done in range(1, steps + 1):
       batch = next(batches)
-      state, loss = step_fn(state, {k: batch[k] for k in keys})
+      state, loss = step_fn(state, sharding.global_batch(mesh, {k: batch[k] for k in keys}))
       losses.append(loss)
       bar.update(1)
       if done % log_every == 0 or done == steps:
@@ -227,7 +240,7 @@ def train(localizer: FewShotLocalizer, batches: Iterator[dict], *, steps: int, l
         if not math.isfinite(recent):
           raise UserError(f"the few-shot loss became {recent} by step {done}; lower --lr")
         bar.set_postfix(loss=f"{recent:.4f}")
-  return Trained(model_def, state, np.asarray(jax.device_get(losses), np.float64))
+  return Trained(model_def, state, np.asarray(jax.device_get(losses), np.float64), mesh)
 
 
 def make_map_fn(model_def: ModelDef, dtype: Any = jnp.float32) -> Callable:

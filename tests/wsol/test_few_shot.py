@@ -159,3 +159,27 @@ def test_the_module_entry_ends_a_bad_flag_in_one_line_before_loading_anything(tm
   assert done.returncode == 2, done.stderr
   assert done.stderr.strip().splitlines() == ["camjax: error: --per_class=0; give a positive number"]
   assert not workdir.exists()
+
+
+DATA_PARALLEL = """
+import jax, numpy as np
+from tests.wsol.test_few_shot import _batch, _localizer
+from camjax.wsol import few_shot
+
+assert jax.device_count() == 2
+batches = [_batch(seed=s) for s in range(3)] * 2
+runs = [few_shot.train(_localizer(), iter(batches), steps=6, lr=0.01, weight_decay=1e-4, target="masks",
+                       log_every=3, progress=False, devices=jax.devices()[:n]) for n in (1, 2)]
+np.testing.assert_allclose(runs[1].losses, runs[0].losses, rtol=1e-5)
+maps = [np.asarray(r.map_fn()(_batch(seed=5)["image"])) for r in runs]
+np.testing.assert_allclose(maps[1], maps[0], atol=1e-5)
+assert all(len(x.sharding.device_set) == 2 for x in jax.tree.leaves(runs[1].state["params"]))
+print("same")
+"""
+
+
+def test_data_parallel_training_on_two_devices_equals_one_device():
+  import _train_helpers as h
+
+  done = h.run([sys.executable, "-c", DATA_PARALLEL], devices=2, timeout=120)
+  assert done.returncode == 0 and done.stdout.strip().endswith("same"), done.stderr[-3000:]
