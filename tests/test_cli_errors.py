@@ -259,3 +259,13 @@ def test_files_written_together_keep_their_old_versions_when_one_writer_fails(tm
     camjax_app.write_together(str(tmp_path), {"a.md": camjax_app.text_writer("new a"), "b.json": fails})
   assert sorted(os.listdir(tmp_path)) == ["a.md", "b.json"]  # no temporary file left behind
   assert (tmp_path / "a.md").read_text() == "old a" and (tmp_path / "b.json").read_text() == "old b"
+
+
+def test_selection_metric_is_the_standards_and_a_missing_one_is_one_line():
+  boxes = {"a": [{"MaxBoxAccV2": 50.0, "PxAP": 90.0}], "b": [{"MaxBoxAccV2": 60.0, "PxAP": 10.0}]}
+  assert ablation.select(boxes, "auto")[:2] == ("b", "MaxBoxAccV2")  # boxes: MaxBoxAccV2, as on CUB / ImageNet
+  assert ablation.select(boxes, "PxAP")[:2] == ("a", "PxAP")
+  masks_only = {"a": [{"PxAP": 40.0}, {"PxAP": 60.0}], "b": [{"PxAP": 45.0}, {"PxAP": 45.0}]}
+  assert ablation.select(masks_only, "auto") == ("a", "PxAP", {"a": 50.0, "b": 45.0})  # OpenImages30k: PxAP
+  with pytest.raises(UserError, match="have no MaxBoxAcc .*choose one of those"):
+    ablation.select(masks_only, "MaxBoxAcc")

@@ -21,8 +21,8 @@ The WSOL standard chooses hyperparameters on held-out fully supervised images
 scores every trained run there (``camjax.main --mode=eval`` into
 ``RUN/select-train_fullsup/``; ``--select_per_class=N`` scores N images per
 class, the standard's ``num_val_sample_per_class``) and names the value whose
-mean score there is best (``--select_metric``: PxAP where the runs have masks,
-else MaxBoxAccV2); the test scores to report are that value's row:
+mean score there is best (``--select_metric``: MaxBoxAccV2 where there are boxes,
+else PxAP, as the standard scores); the test scores to report are that value's row:
 
   python -m camjax.ablation --config=configs/wsol.py:method=adl,backbone=resnet50,data=cub \\
       --workdir=runs/adl_lr --field=optimizer.lr --values=1e-4,2e-4,5e-4 --seeds=0 \\
@@ -98,10 +98,10 @@ def score_on(config: str, workdir: str, overrides: Sequence[str], split: str, pe
 def select(selection: dict[str, list[dict]], metric: str) -> tuple[str, str, dict[str, float]]:
   """The value with the best mean ``metric`` over its runs' selection scores, the metric used, and every mean.
 
-  ``metric`` "auto" is PxAP where the scores have it, else MaxBoxAccV2.
+  ``metric`` "auto" is the standard's: MaxBoxAccV2 where there are boxes, else PxAP (OpenImages30k).
   """
   if metric == "auto":
-    metric = "PxAP" if all("PxAP" in r for rs in selection.values() for r in rs) else "MaxBoxAccV2"
+    metric = "MaxBoxAccV2" if all("MaxBoxAccV2" in r for rs in selection.values() for r in rs) else "PxAP"
   means = {}
   for value, results in selection.items():
     missing = [r for r in results if metric not in r]
@@ -238,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--select_per_class", type=int, default=0,
                       help="images per class scored on --select_on (0: all; the standard: 5 CUB, 25 OpenImages)")
   parser.add_argument("--select_metric", default="auto", choices=("auto", *METRICS),
-                      help="what --select_on maximises (auto: PxAP where there are masks, else MaxBoxAccV2)")
+                      help="what --select_on maximises (auto: MaxBoxAccV2 where there are boxes, else PxAP)")
   parser.add_argument("overrides", nargs="*", help="extra --config.x=y flags passed to every run (after --)")
   args = parser.parse_args(argv)
   values = [v for v in args.values.split(",") if v]

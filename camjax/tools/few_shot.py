@@ -303,7 +303,8 @@ def fit_and_score(config: Any, dataset: Any, *, split: str, per_class: int, step
       "unreadable": choice.unreadable, "target": target, "steps": steps, "batch_size": batch_size, "lr": lr,
       "weight_decay": weight_decay, "seed": seed,
       "loss": {"first": first, "last": last, "steps_averaged": tail},
-      "eval_split": d.eval_split, "scores": scores, "seconds": seconds, "devices": [str(d) for d in jax.local_devices()],
+      "eval_split": d.eval_split, "scores": scores, "seconds": seconds,
+      "devices": [str(device) for device in jax.local_devices()],
   }
 
 
