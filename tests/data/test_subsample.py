@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from camjax import data
 from camjax.data import subsample
 from camjax.errors import UserError
-from tests import fake_layouts as fake
 
 
 def test_per_class_takes_n_of_every_class_fixed_by_the_seed():
@@ -35,16 +33,3 @@ def test_per_class_skips_unreadable_records_and_refuses_foreign_labels():
     subsample.per_class([{"label": 3}], 1, 2, seed=0)
   with pytest.raises(UserError, match="per_class=0"):
     subsample.per_class([{"label": 0}], 0, 1, seed=0)
-
-
-def test_label_source_leaves_images_encoded_and_keeps_labels(tmp_path):
-  fake.make_openimages(str(tmp_path / "manual"))
-  built = data.prepare("openimages30k", str(tmp_path / "data"), manual_dir=str(tmp_path / "manual"))
-  decoded = built.as_data_source("test")
-  encoded = subsample.label_source(built, "test", decode=("ignore",))
-  assert len(encoded) == len(decoded) == 2
-  for i in range(2):
-    assert isinstance(encoded[i]["image"], bytes) and encoded[i]["image"][:2] == b"\xff\xd8"  # JPEG bytes
-    assert isinstance(encoded[i]["mask"], bytes)
-    assert encoded[i]["label"] == decoded[i]["label"]
-    assert (encoded[i]["ignore"] == decoded[i]["ignore"]).all()
