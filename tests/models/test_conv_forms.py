@@ -52,6 +52,19 @@ def test_depthwise_slices_equal_grouped_convolution(kernel, stride, size, paddin
   _assert_same_values_and_grads(dispatched, plain, x, k)
 
 
+@pytest.mark.parametrize("kernel,stride,size,padding,block_bytes", [
+    (3, 1, 7, "SAME", 1), (5, 2, 11, "SAME", 1), (3, 2, 9, ((1, 2), (2, 0)), 4000), (5, 1, 12, "VALID", 6000)])
+def test_depthwise_kernel_grad_in_row_blocks_equals_the_convolutions(kernel, stride, size, padding, block_bytes):
+  """One row per block (1 byte) up to several rows; 7 and 11 output rows are prime, so the blocks are single rows."""
+  x, k = _arrays((3, size, size + 1, 5), (kernel, kernel, 1, 5), seed=4)
+  strides = (stride, stride)
+  y, conv_vjp = jax.vjp(lambda k: _plain(x, k, strides, padding, groups=5), k)
+  g = jax.random.normal(jax.random.key(5), y.shape)
+  got = conv.depthwise_kernel_grad(x, g, (kernel, kernel), strides, _pads(x, k, strides, padding),
+                                   block_bytes=block_bytes)
+  np.testing.assert_allclose(got, conv_vjp(g)[0], rtol=1e-4, atol=1e-4)
+
+
 def test_depthwise_slices_accumulate_in_float32():
   x, k = _arrays((1, 8, 8, 4), (5, 5, 1, 4))
   pads = _pads(x, k, (1, 1), "SAME")
