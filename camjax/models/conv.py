@@ -104,6 +104,40 @@ def depthwise_kernel_grad(x: jax.Array, g: jax.Array, window: Sequence[int], str
   return total.sum(0).reshape(kh, kw, 1, c)
 
 
+def depthwise_input_grad(g: jax.Array, kernel: jax.Array, x_shape: Sequence[int], strides: Sequence[int],
+                         pads: Sequence[tuple[int, int]], x_dtype: Any) -> jax.Array:
+  """Gradient of ``depthwise_slices`` with respect to its input, phase by phase.
+
+  Differentiating a strided slice gives an interior-padded array per tap; instead,
+  each of the sh x sw phases of the (padded) input gets a unit-stride sum of shifted
+  slices of ``g``, and the phases are interleaved once. Stride 1 is one phase.
+  """
+  kh, kw = kernel.shape[:2]
+  sh, sw = strides
+  n, _, _, c = g.shape
+  acc = jnp.promote_types(g.dtype, jnp.float32)
+  g, kernel = g.astype(acc), kernel.astype(acc)
+  hp = x_shape[1] + pads[0][0] + pads[0][1]
+  wp = x_shape[2] + pads[1][0] + pads[1][1]
+  hs, ws = -(-hp // sh), -(-wp // sw)  # rows and columns of a phase
+  ph, pw = -(-kh // sh), -(-kw // sw)  # taps of a phase along each axis
+  ho, wo = g.shape[1:3]
+  gp = lax.pad(g, jnp.zeros((), acc), [(0, 0, 0), (ph - 1, hs - ho, 0), (pw - 1, ws - wo, 0), (0, 0, 0)])
+  phases = []
+  for a in range(sh):
+    for b in range(sw):
+      total = jnp.zeros((n, hs, ws, c), acc)
+      for p in range((kh - a + sh - 1) // sh):
+        for q in range((kw - b + sw - 1) // sw):
+          shifted = lax.slice(gp, (0, ph - 1 - p, pw - 1 - q, 0), (n, ph - 1 - p + hs, pw - 1 - q + ws, c))
+          total = total + shifted * kernel[a + sh * p, b + sw * q, 0]
+      phases.append(total)
+  full = jnp.stack(phases).reshape(sh, sw, n, hs, ws, c).transpose(2, 3, 0, 4, 1, 5).reshape(n, hs * sh, ws * sw, c)
+  padded = full[:, :hp, :wp]
+  return lax.pad(padded, jnp.zeros((), acc), [(0, 0, 0), (-pads[0][0], -pads[0][1], 0), (-pads[1][0], -pads[1][1], 0),
+                                              (0, 0, 0)]).astype(x_dtype)
+
+
 def _depthwise_cpu(strides: Sequence[int], pads: Sequence[tuple[int, int]], out_dtype: Any) -> Callable:
   """``depthwise_slices`` with its kernel gradient from ``depthwise_kernel_grad`` (reverse mode only)."""
 
@@ -116,9 +150,8 @@ def _depthwise_cpu(strides: Sequence[int], pads: Sequence[tuple[int, int]], out_
 
   def f_bwd(residuals, g):
     x, kernel = residuals
-    _, input_vjp = jax.vjp(lambda x: depthwise_slices(x, kernel, strides, pads, out_dtype), x)
-    (dx,) = input_vjp(g)
-    return dx, depthwise_kernel_grad(x, g, kernel.shape[:2], strides, pads).astype(kernel.dtype)
+    return (depthwise_input_grad(g, kernel, x.shape, strides, pads, x.dtype),
+            depthwise_kernel_grad(x, g, kernel.shape[:2], strides, pads).astype(kernel.dtype))
 
   f.defvjp(f_fwd, f_bwd)
   return f
