@@ -181,3 +181,15 @@ def test_efficientnet_uses_the_cpu_forms_with_unchanged_parameters():
   run = nnx.jit(lambda m, x: m(x))
   for got, want in zip(run(fast, x), run(plain, x)):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_depthwise_gradients_keep_the_argument_dtypes_and_match_in_bfloat16():
+  x, k = _arrays((2, 9, 9, 4), (3, 3, 1, 4), seed=6)
+  dispatched = lambda x, k: conv.conv_general_dilated(x, k, (2, 2), "SAME", dimension_numbers=NHWC,  # noqa: E731
+                                                      feature_group_count=4)
+  grads = jax.grad(lambda x, k: jnp.sum(dispatched(x, k).astype(jnp.float32) ** 2), argnums=(0, 1))
+  low = grads(x.astype(jnp.bfloat16), k.astype(jnp.bfloat16))
+  high = grads(x.astype(jnp.bfloat16).astype(jnp.float32), k.astype(jnp.bfloat16).astype(jnp.float32))
+  assert [g.dtype for g in low] == [jnp.bfloat16, jnp.bfloat16]
+  for got, want in zip(low, high):
+    np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=0.05, atol=0.05 * float(jnp.abs(want).max()))
