@@ -100,7 +100,11 @@ def depthwise_kernel_grad(x: jax.Array, g: jax.Array, window: Sequence[int], str
                     * gs, axis=(1, 2)) for i in range(kh) for j in range(kw)]
     return total + jnp.stack(taps, axis=1), None
 
-  total, _ = lax.scan(block, jnp.zeros((n, kh * kw, c), acc), jnp.arange(ho // rows))
+  zeros = jnp.zeros((n, kh * kw, c), acc)
+  if rows == ho:  # one block: no loop to compile
+    total, _ = block(zeros, 0)
+  else:
+    total, _ = lax.scan(block, zeros, jnp.arange(ho // rows))
   return total.sum(0).reshape(kh, kw, 1, c)
 
 
