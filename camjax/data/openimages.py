@@ -206,7 +206,7 @@ class IgnoreRegions:
     info = getattr(dataset, "info", None)
     if info is None or IGNORE not in info.features:
       return None
-    source = subsample.label_source(dataset, config.data.eval_split, decode=(IGNORE,))
+    source = subsample.partly_decoded(dataset, config.data.eval_split, decode=(IGNORE,))
     return cls(source, image_size=config.data.image_size, mode=config.data.eval_mode)
 
   def __call__(self, indices: Any) -> np.ndarray:

@@ -304,7 +304,7 @@ class TrainIterator:
 
   def __init__(self, source, *, local_batch_size: int, image_size: int, seed: int,
                process_index: int, process_count: int, augment: dict, mean, std,
-               max_boxes: int, on_bad_data: str, worker_count: int, read_threads: int):
+               max_boxes: int, on_bad_data: str, worker_count: int, read_threads: int, masks: bool = True):
     import grain  # pylint: disable=g-import-not-at-top
     self.local_batch_size = local_batch_size
     self.seed = int(seed)
@@ -317,7 +317,7 @@ class TrainIterator:
     if self._shard_size == 0:
       raise ValueError(f"the split has {self.num_records} records, fewer than "
                        f"process_count ({process_count}); use a larger split")
-    self.has_mask = source_has_mask(source)
+    self.has_mask = masks and source_has_mask(source)
     self._log = BadDataLog(f"train[{process_index}/{process_count}]", on_bad_data, max_listed=_MAX_LISTED)
     prepare = _Prepare(source=source, mode="train", image_size=int(image_size),
                        max_boxes=int(max_boxes), has_mask=self.has_mask,
@@ -438,13 +438,15 @@ def train_iterator(source, *, global_batch_size: int, image_size: int, seed: int
                    process_index: int | None = None, process_count: int | None = None,
                    augment: dict | None = None, mean=T.IMAGENET_MEAN, std=T.IMAGENET_STD,
                    max_boxes: int = 16, on_bad_data: str = "skip", worker_count: int = 0,
-                   read_threads: int = 4) -> TrainIterator:
+                   read_threads: int = 4, masks: bool = True) -> TrainIterator:
   """Shuffled, augmented, infinitely repeated batches of this process's share of `source`.
 
   Local batch size is global_batch_size // process_count; `augment` overrides
   `AUGMENT_DEFAULTS` (random-resized crop and horizontal flip). Batches do not
   depend on `worker_count` (grain worker processes) or `read_threads` (grain
   reader threads per process); a state saved with one value restores with any.
+  ``masks=False`` leaves out the source's masks (nothing else changes: the crops
+  and flips are drawn the same), for training that does not read them.
   """
   process_index, process_count = _resolve_processes(process_index, process_count)
   local = local_batch_size(global_batch_size, process_count)
@@ -455,7 +457,7 @@ def train_iterator(source, *, global_batch_size: int, image_size: int, seed: int
                        process_index=process_index, process_count=process_count,
                        augment=_augment_config(augment), mean=mean, std=std,
                        max_boxes=int(max_boxes), on_bad_data=on_bad_data,
-                       worker_count=int(worker_count), read_threads=read_threads)
+                       worker_count=int(worker_count), read_threads=read_threads, masks=masks)
 
 
 # ----------------------------------------------------------------------------

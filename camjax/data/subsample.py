@@ -4,8 +4,9 @@ The standard scores hyperparameter candidates on ``train_fullsup`` and studies
 how few fully supervised images that choice needs (``num_val_sample_per_class``:
 up to 5 on CUB, 25 on OpenImages, 10 on ImageNet). The few-shot baseline trains
 on the same kind of choice. ``per_class`` makes it, fixed by a seed, reading
-only labels (``label_source`` leaves every image feature encoded), and
-``Subset`` serves the chosen records as a source of their own.
+only labels, and ``Subset`` serves the chosen records as a source of their own.
+``partly_decoded`` reads a split with the image features it is not asked for left
+encoded: labels without decoding any image, training images without their masks.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ class Subset:
     return self._source[self._indices[index]]
 
 
-def label_source(dataset: Any, split: str, *, decode: Sequence[str] = ()) -> Any:
+def partly_decoded(dataset: Any, split: str, *, decode: Sequence[str] = ()) -> Any:
   """``split`` of a prepared data set with its image features left as stored bytes, except ``decode``.
 
   Reading labels (or one small feature) this way costs no image decoding. A data

@@ -264,7 +264,7 @@ def fit_and_score(config: Any, dataset: Any, *, split: str, per_class: int, step
   seconds: dict[str, float] = {}
   start = time.perf_counter()
   source = dataset.as_data_source(split)
-  choice = subsample.per_class(subsample.label_source(dataset, split), per_class, int(config.model.num_classes), seed)
+  choice = subsample.per_class(subsample.partly_decoded(dataset, split), per_class, int(config.model.num_classes), seed)
   seconds["choose"] = time.perf_counter() - start
   origin = "" if split == STANDARD_SPLIT else f" (not the standard's {STANDARD_SPLIT})"
   print(f"few-shot images: {len(choice.indices)} from the {split} split of {name}{origin}, up to {per_class} "

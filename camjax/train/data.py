@@ -47,8 +47,14 @@ def augment_settings(config: Any) -> dict:
 
 
 def train_iterator(config: Any, *, process_index: int, process_count: int):
-  """Host-local training batches with ``get_state()`` / ``set_state()`` for checkpoints."""
-  source = _source(config, config.data.train_split)
+  """Host-local training batches with ``get_state()`` / ``set_state()`` for checkpoints.
+
+  Training reads no mask: a data set's masks (and ignore regions) stay undecoded.
+  """
+  from camjax import data
+  from camjax.data import subsample
+
+  source = subsample.partly_decoded(data.prepare_from_config(config), config.data.train_split, decode=("image",))
   if isinstance(source, synthetic.SyntheticSource):  # records already at the input size: in order, as they are
     return synthetic.SyntheticTrainIterator(
         source, global_batch_size=config.training.global_batch_size, process_index=process_index,
@@ -56,7 +62,7 @@ def train_iterator(config: Any, *, process_index: int, process_count: int):
   from camjax.data import pipeline
 
   return pipeline.train_iterator(
-      source, global_batch_size=config.training.global_batch_size, image_size=config.data.image_size,
+      source, masks=False, global_batch_size=config.training.global_batch_size, image_size=config.data.image_size,
       seed=config.training.seed, process_index=process_index, process_count=process_count,
       augment=augment_settings(config), mean=tuple(config.data.mean), std=tuple(config.data.std),
       max_boxes=config.data.max_boxes, on_bad_data=config.data.on_bad_data,
@@ -94,7 +100,7 @@ def eval_records(config: Any, source: Any) -> list[int]:
   from camjax.data import pipeline, subsample
 
   n, split = int(config.eval.samples_per_class), config.data.eval_split
-  labels = subsample.label_source(data.prepare_from_config(config), split)
+  labels = subsample.partly_decoded(data.prepare_from_config(config), split)
   if isinstance(source, pipeline.HeadSource):
     labels = pipeline.HeadSource(labels, len(source))
   choice = subsample.per_class(labels, n, int(config.model.num_classes), int(config.eval.samples_seed))

@@ -175,12 +175,12 @@ def test_eval_of_n_per_class_writes_into_its_own_folder_and_leaves_the_runs_resu
     assert f.read() == tested
 
 
-def test_label_source_leaves_images_encoded_and_keeps_labels(built):
+def test_partly_decoded_leaves_images_encoded_and_keeps_labels(built):
   from camjax.data import subsample
 
   builder = built[0]
   decoded = builder.as_data_source("test")
-  encoded = subsample.label_source(builder, "test", decode=("ignore",))
+  encoded = subsample.partly_decoded(builder, "test", decode=("ignore",))
   assert len(encoded) == len(decoded) == 2
   for i in range(2):
     assert isinstance(encoded[i]["image"], bytes) and encoded[i]["image"][:2] == b"\xff\xd8"  # JPEG bytes
