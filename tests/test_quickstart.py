@@ -15,7 +15,7 @@ def test_shrunken_quickstart_writes_report_and_beats_the_centre_baseline(tmp_pat
   workdir = tmp_path / "run"
   cmd = [sys.executable, "-m", "camjax.main", "--config=configs/quickstart.py", f"--workdir={workdir}",
          f"--config.data.data_dir={tmp_path / 'tfds'}", "--config.data.builder_config=px64_small",
-         "--config.model.overrides.widths=(16,32,48,96)", "--config.training.num_steps=700",
+         "--config.model.overrides.widths=(8,16,32,64)", "--config.training.num_steps=700",
          "--config.training.global_batch_size=48", "--config.optimizer.warmup_steps=50",
          "--config.training.checkpoint_every=700",
          "--config.training.progress_bar=False", "--config.eval.batch_size=100", "--config.report.num_images=8"]
