@@ -52,21 +52,26 @@ ARG = "arg."  # --field=arg.KEY varies KEY of the config file's argument
 METRICS = ("classification_top1", "gt_known_loc", "top1_loc", "MaxBoxAcc", "MaxBoxAccV2", "PxAP")
 
 
-def run_one(config: str, workdir: str, overrides: Sequence[str]) -> dict:
-  """Train and evaluate one setting in a subprocess (fresh JAX state); returns its metrics.json."""
-  metrics = os.path.join(workdir, "metrics.json")
+def _main_metrics(config: str, workdir: str, args: Sequence[str], metrics: str, what: str) -> dict:
+  """``metrics`` written by ``camjax.main`` with ``args`` in a subprocess (fresh JAX state), run only if absent."""
   if not os.path.exists(metrics):
-    cmd = [sys.executable, "-m", "camjax.main", f"--config={config}", f"--workdir={workdir}",
-           "--mode=train_and_eval", "--config.report.enabled=True", "--config.eval.baseline=True", *overrides]
+    cmd = [sys.executable, "-m", "camjax.main", f"--config={config}", f"--workdir={workdir}", *args]
     print("+", " ".join(cmd), flush=True)
     code = subprocess.run(cmd).returncode
     if code != 0:
-      raise UserError(f"the run in {workdir} failed with exit code {code} (its output is above); fix it and rerun "
+      raise UserError(f"{what} failed with exit code {code} (its output is above); fix it and rerun "
                       "the ablation, finished runs are reused")
   if not os.path.exists(metrics):
-    raise UserError(f"the run in {workdir} ended without {metrics} (preempted?); rerun the ablation to resume it")
+    raise UserError(f"{what} ended without {metrics} (preempted?); rerun the ablation to resume it")
   with open(metrics) as f:
     return json.load(f)
+
+
+def run_one(config: str, workdir: str, overrides: Sequence[str]) -> dict:
+  """Train and evaluate one setting; returns its metrics.json."""
+  return _main_metrics(config, workdir, ["--mode=train_and_eval", "--config.report.enabled=True",
+                                         "--config.eval.baseline=True", *overrides],
+                       os.path.join(workdir, "metrics.json"), f"the run in {workdir}")
 
 
 def selection_dir(split: str, per_class: int) -> str:
@@ -82,17 +87,10 @@ def selection_flags(split: str, per_class: int) -> list[str]:
 
 def score_on(config: str, workdir: str, overrides: Sequence[str], split: str, per_class: int) -> dict:
   """A trained run's scores on ``split`` (``camjax.main --mode=eval``, reused when already there)."""
-  metrics = os.path.join(workdir, selection_dir(split, per_class), "metrics.json")
-  if not os.path.exists(metrics):
-    cmd = [sys.executable, "-m", "camjax.main", f"--config={config}", f"--workdir={workdir}", "--mode=eval",
-           "--config.report.enabled=True", *overrides, *selection_flags(split, per_class)]
-    print("+", " ".join(cmd), flush=True)
-    code = subprocess.run(cmd).returncode
-    if code != 0 or not os.path.exists(metrics):
-      raise UserError(f"scoring the run in {workdir} on {split!r} failed (exit code {code}, output above); "
-                      "fix it and rerun the ablation, finished runs and scores are reused")
-  with open(metrics) as f:
-    return json.load(f)
+  return _main_metrics(config, workdir, ["--mode=eval", "--config.report.enabled=True", *overrides,
+                                         *selection_flags(split, per_class)],
+                       os.path.join(workdir, selection_dir(split, per_class), "metrics.json"),
+                       f"scoring the run in {workdir} on {split!r}")
 
 
 def select(selection: dict[str, list[dict]], metric: str) -> tuple[str, str, dict[str, float]]:

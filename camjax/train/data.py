@@ -71,7 +71,10 @@ def train_iterator(config: Any, *, process_index: int, process_count: int):
 
 def eval_batches(config: Any, *, process_index: int, process_count: int) -> Iterator[dict[str, np.ndarray]]:
   """Host-local eval batches padded to ``eval.batch_size`` with a ``valid`` mask; ``len()`` is the batch count."""
-  source = _source(config, config.data.eval_split)
+  from camjax import data
+
+  dataset = data.prepare_from_config(config)
+  source = dataset.as_data_source(config.data.eval_split)
   if isinstance(source, synthetic.SyntheticSource):  # sized by eval.max_examples already
     return synthetic.SyntheticEvalBatches(
         source, global_batch_size=config.eval.batch_size, process_index=process_index,
@@ -80,7 +83,7 @@ def eval_batches(config: Any, *, process_index: int, process_count: int) -> Iter
 
   if config.eval.max_examples:
     source = pipeline.HeadSource(source, config.eval.max_examples)
-  records = eval_records(config, source) if config.eval.samples_per_class else None
+  records = eval_records(config, dataset, source) if config.eval.samples_per_class else None
   return pipeline.eval_batches(
       source, records=records, global_batch_size=config.eval.batch_size, image_size=config.data.image_size,
       mode=config.data.eval_mode, process_index=process_index, process_count=process_count,
@@ -88,19 +91,19 @@ def eval_batches(config: Any, *, process_index: int, process_count: int) -> Iter
       box_rounding=config.eval.box_rounding if config.data.eval_mode == "resize" else "pixel")
 
 
-def eval_records(config: Any, source: Any) -> list[int]:
-  """The records of ``source`` scored: ``eval.samples_per_class`` per class, chosen by ``eval.samples_seed``.
+def eval_records(config: Any, dataset: Any, source: Any) -> list[int]:
+  """The records of ``source`` (the eval split of ``dataset``) scored: ``eval.samples_per_class`` per class.
 
-  Labels are read without decoding images. A class the split holds fewer images
-  of gets all it has, with a warning (the standard refuses such a count).
+  Chosen by ``eval.samples_seed``; labels are read without decoding images. A class
+  the split holds fewer images of gets all it has, with a warning (the standard
+  refuses such a count).
   """
   import logging
 
-  from camjax import data
   from camjax.data import pipeline, subsample
 
   n, split = int(config.eval.samples_per_class), config.data.eval_split
-  labels = subsample.partly_decoded(data.prepare_from_config(config), split)
+  labels = subsample.partly_decoded(dataset, split)
   if isinstance(source, pipeline.HeadSource):
     labels = pipeline.HeadSource(labels, len(source))
   choice = subsample.per_class(labels, n, int(config.model.num_classes), int(config.eval.samples_seed))

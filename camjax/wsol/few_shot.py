@@ -186,13 +186,11 @@ class Trained:
   model_def: ModelDef
   state: dict
   losses: np.ndarray
-  mesh: Any = None
+  mesh: Any
 
   def map_fn(self, dtype: Any = jnp.float32) -> Callable[[np.ndarray], jax.Array]:
     """``images -> (B, H, W)`` score maps, the batch split over the devices it trained on."""
     maps = make_map_fn(self.model_def, dtype)
-    if self.mesh is None:
-      return lambda images: maps(self.state, jnp.asarray(images))
     return lambda images: maps(self.state, sharding.global_batch(self.mesh, {"image": images})["image"])
 
 

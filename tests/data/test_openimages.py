@@ -167,7 +167,7 @@ def test_eval_of_n_per_class_writes_into_its_own_folder_and_leaves_the_runs_resu
   results = main.run(picked, workdir, "eval")
   assert results["classification"]["top1_acc"] in (0.0, 50.0, 100.0) and results["num_images"] == 2
   train = built[0].as_data_source("train")
-  chosen = train_data.eval_records(picked, train)
+  chosen = train_data.eval_records(picked, built[0], train)
   assert len(train) == 4 and sorted(int(train[i]["label"]) for i in chosen) == [0, 1]  # one image per class
   with open(os.path.join(workdir, "select-train", "eval_results.json")) as f:
     assert json.load(f)["num_images"] == 2
