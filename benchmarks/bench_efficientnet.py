@@ -11,8 +11,8 @@ batch 8 and 224 px (images/s, median of repeated calls after warm-up):
   one thread, channels-last) forward of the ``efficientnet-lite-pytorch`` model with the
   ImageNet weights, and forward + top-1 CAM with ``torchcam``'s ``CAM`` (by hand from the
   head features and the fc weights when torchcam is not installed; the row says which);
-- the train step ``camjax.train`` runs (forward, backward, SGD), fast and plain convolutions,
-  and a PyTorch train step on the same network (SGD with momentum, channels-last).
+- the train step ``camjax.train`` runs (forward, backward, SGD) and a PyTorch train step on the
+  same network (SGD with momentum, channels-last), called in alternation; plain convolutions alone.
 
 Goal: camjax forward + CAM at least as fast as PyTorch + torchcam on CPU; the ratio rows
 divide by the fastest PyTorch row.
@@ -33,7 +33,7 @@ import numpy as np
 from jax import lax
 from flax import nnx
 
-from benchmarks.common import median_seconds
+from benchmarks.common import alternating_medians, median_seconds
 from camjax import cam
 from camjax.models import conv
 
@@ -153,8 +153,8 @@ def torch_rows(*, batch: int, size: int, repeats: int) -> list[dict]:
   return rows
 
 
-def torch_train_row(*, batch: int, size: int, repeats: int) -> dict:
-  """Images/s of a PyTorch train step on the same network: cross-entropy, backward, SGD with momentum 0.9
+def torch_train_step(*, batch: int, size: int) -> Callable[[], None]:
+  """One blocking PyTorch train step on the same network: cross-entropy, backward, SGD with momentum 0.9
   (channels-last, every core; the reference model in train mode, as camjax's step trains BatchNorm)."""
   import torch
 
@@ -168,13 +168,11 @@ def torch_train_row(*, batch: int, size: int, repeats: int) -> dict:
     torch.nn.functional.cross_entropy(net(x), y).backward()
     opt.step()
 
-  seconds = median_seconds(one_step, repeats=repeats)
-  return _row("torch_channels_last/train_step", seconds, batch, size, threads=torch.get_num_threads(),
-              torch=torch.__version__)
+  return one_step
 
 
-def train_step_row(*, batch: int, size: int, repeats: int, plain: bool) -> dict:
-  """Images/s of the step ``camjax.train`` jits (forward, backward, SGD) for EfficientNet-Lite0."""
+def train_step(*, batch: int, size: int, repeats: int, plain: bool) -> Callable[[], None]:
+  """One blocking call of the step ``camjax.train`` jits (forward, backward, SGD) for EfficientNet-Lite0."""
   from camjax import train
   from camjax.train import sharding
   from configs import default
@@ -203,8 +201,28 @@ def train_step_row(*, batch: int, size: int, repeats: int, plain: bool) -> dict:
     holder["state"], metrics = compiled(holder["state"], data)
     jax.block_until_ready(metrics)
 
-  seconds = median_seconds(one_step, repeats=repeats, warmup=1)
-  return _row(f"{'camjax_plain_conv' if plain else 'camjax'}/train_step", seconds, batch, size)
+  return one_step
+
+
+def train_rows(*, batch: int, size: int, repeats: int, plain: bool) -> list[dict]:
+  """camjax's and PyTorch's train steps timed in alternation (one machine load for both); plain convs alone."""
+  steps = {"camjax/train_step": train_step(batch=batch, size=size, repeats=repeats, plain=False)}
+  extra = {"camjax/train_step": {}}
+  missing = []
+  try:
+    import torch
+  except ImportError as e:  # torch is a benchmark-only dependency
+    missing.append({"benchmark": "efficientnet/torch_channels_last/train_step", "value": float("nan"),
+                    "unit": "images/s", "error": str(e)})
+  else:
+    steps["torch_channels_last/train_step"] = torch_train_step(batch=batch, size=size)
+    extra["torch_channels_last/train_step"] = {"threads": torch.get_num_threads(), "torch": torch.__version__}
+  seconds = alternating_medians(steps, repeats=repeats, warmup=1)
+  rows = [_row(name, s, batch, size, alternated=True, **extra[name]) for name, s in seconds.items()] + missing
+  if plain:
+    plain_step = train_step(batch=batch, size=size, repeats=2, plain=True)
+    rows.append(_row("camjax_plain_conv/train_step", median_seconds(plain_step, repeats=2), batch, size))
+  return rows
 
 
 def _ratio(rows: list[dict], ours: str, theirs: str) -> dict:
@@ -226,14 +244,7 @@ def run(*, batch: int = 8, size: int = 224, repeats: int = 5, plain: bool = True
   except ImportError as e:  # torch is a benchmark-only dependency
     rows.append({"benchmark": "efficientnet/torch", "value": float("nan"), "unit": "images/s", "error": str(e)})
   if train:
-    rows.append(train_step_row(batch=batch, size=size, repeats=3, plain=False))
-    try:
-      rows.append(torch_train_row(batch=batch, size=size, repeats=3))
-    except ImportError as e:
-      rows.append({"benchmark": "efficientnet/torch_channels_last/train_step", "value": float("nan"),
-                   "unit": "images/s", "error": str(e)})
-    if plain:
-      rows.append(train_step_row(batch=batch, size=size, repeats=2, plain=True))
+    rows += train_rows(batch=batch, size=size, repeats=5, plain=plain)
   for ours, theirs in (("camjax/forward_cam", "torch_*/forward_cam"),
                        ("camjax/forward", "torch_*/forward"),
                        ("camjax/forward_cam", "camjax_plain_conv/forward_cam"),

@@ -21,6 +21,27 @@ def median_seconds(fn: Callable[[], Any], *, repeats: int = 5, warmup: int = 1) 
   return statistics.median(times)
 
 
+def alternating_medians(fns: dict[str, Callable[[], Any]], *, repeats: int = 5, warmup: int = 2,
+                        settle: int = 2) -> dict[str, float]:
+  """Median wall time of each blocking ``fn``, the functions taking turns so that all see the same machine load.
+
+  Each turn first makes ``settle`` untimed calls: a library whose threads spin after
+  their work (PyTorch's OpenMP pool does) would otherwise slow the first call of the next one.
+  """
+  for _ in range(warmup):
+    for fn in fns.values():
+      fn()
+  times: dict[str, list[float]] = {name: [] for name in fns}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      for _ in range(settle):
+        fn()
+      start = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - start)
+  return {name: statistics.median(t) for name, t in times.items()}
+
+
 def machine() -> dict[str, Any]:
   """What the numbers were measured on."""
   cpu = platform.processor() or platform.machine()

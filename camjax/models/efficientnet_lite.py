@@ -28,6 +28,7 @@ from camjax.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from camjax.models.base import PoolingHead, check_pooling
 from camjax.models.conv import Conv
 from camjax.models.heads import PooledNet
+from camjax.models.norm import BatchNorm
 from camjax.models.layers import check_images
 from camjax.models.registry import register
 
@@ -99,8 +100,8 @@ def scaled_stages(width: float, depth: float) -> list[Stage]:
   return stages
 
 
-def _bn(channels: int, dtype: Any, rngs: nnx.Rngs) -> nnx.BatchNorm:
-  return nnx.BatchNorm(channels, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype, rngs=rngs)
+def _bn(channels: int, dtype: Any, rngs: nnx.Rngs) -> BatchNorm:
+  return BatchNorm(channels, momentum=BN_MOMENTUM, epsilon=BN_EPSILON, dtype=dtype, rngs=rngs)
 
 
 class ReLU6(nnx.Module):

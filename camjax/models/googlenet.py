@@ -23,6 +23,7 @@ from flax import nnx
 
 from camjax.models.heads import GapHead
 from camjax.models.layers import CONV_INIT, MaxPool, Op, max_pool, scaled
+from camjax.models.norm import BatchNorm
 from camjax.models.registry import register
 
 # name: (ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj), in network order.
@@ -51,7 +52,7 @@ class BasicConv2d(nnx.Module):
                dtype: Any = None, rngs: nnx.Rngs):
     self.conv = nnx.Conv(cin, cout, (kernel, kernel), strides=strides, padding=padding, use_bias=False,
                          dtype=dtype, kernel_init=CONV_INIT, rngs=rngs)
-    self.bn = nnx.BatchNorm(cout, epsilon=1e-3, momentum=0.9, dtype=dtype, rngs=rngs)
+    self.bn = BatchNorm(cout, epsilon=1e-3, momentum=0.9, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return nnx.relu(self.bn(self.conv(x)))

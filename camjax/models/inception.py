@@ -29,6 +29,7 @@ from flax import nnx
 from camjax.models.conv import Conv
 from camjax.models.heads import GapHead
 from camjax.models.layers import CONV_INIT, Op, check_images, max_pool, scaled
+from camjax.models.norm import BatchNorm
 from camjax.models.registry import register
 from camjax.wsol import acol, adl, spg
 
@@ -57,7 +58,7 @@ class BasicConv2d(nnx.Module):
     kernel = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
     self.conv = Conv(cin, cout, kernel, strides=strides, padding=_pads(padding), use_bias=False, dtype=dtype,
                      kernel_init=CONV_INIT, rngs=rngs)
-    self.bn = nnx.BatchNorm(cout, epsilon=BN_EPSILON, momentum=BN_MOMENTUM, dtype=dtype, rngs=rngs)
+    self.bn = BatchNorm(cout, epsilon=BN_EPSILON, momentum=BN_MOMENTUM, dtype=dtype, rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return nnx.relu(self.bn(self.conv(x)))

@@ -29,6 +29,7 @@ from flax import nnx
 from camjax.models.conv import Conv
 from camjax.models.heads import GapHead
 from camjax.models.layers import CONV_INIT, Op, check_images, max_pool, scaled
+from camjax.models.norm import BatchNorm
 from camjax.models.registry import register
 from camjax.wsol import acol, adl, spg
 
@@ -42,8 +43,8 @@ STEM_OPS = (Op("conv", 7, 2, 3), Op("pool", 3, 2, 1))
 ADL_POSITIONS = ((3, 0), (4, 0), (4, 2))
 
 
-def _bn(channels: int, dtype: Any, rngs: nnx.Rngs) -> nnx.BatchNorm:
-  return nnx.BatchNorm(channels, epsilon=BN_EPSILON, momentum=BN_MOMENTUM, dtype=dtype, rngs=rngs)
+def _bn(channels: int, dtype: Any, rngs: nnx.Rngs) -> BatchNorm:
+  return BatchNorm(channels, epsilon=BN_EPSILON, momentum=BN_MOMENTUM, dtype=dtype, rngs=rngs)
 
 
 def _conv(cin: int, cout: int, kernel: int, stride: int, dtype: Any, rngs: nnx.Rngs) -> Conv:

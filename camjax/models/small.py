@@ -9,6 +9,7 @@ from flax import nnx
 
 from camjax.models.base import PoolingHead
 from camjax.models.heads import PooledNet
+from camjax.models.norm import BatchNorm
 from camjax.models.registry import register
 from camjax.wsol import acol, adl, spg
 
@@ -20,7 +21,7 @@ class ConvBNReLU(nnx.Module):
                rngs: nnx.Rngs):
     self.conv = nnx.Conv(cin, cout, (3, 3), strides=strides, padding="SAME", use_bias=not batch_norm, dtype=dtype,
                          rngs=rngs)
-    self.norm = nnx.BatchNorm(cout, momentum=0.9, dtype=dtype, rngs=rngs) if batch_norm else None
+    self.norm = BatchNorm(cout, momentum=0.9, dtype=dtype, rngs=rngs) if batch_norm else None
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x = self.conv(x)
