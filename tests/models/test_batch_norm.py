@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from jax import export
 
 from camjax.models import norm
 
@@ -91,3 +92,14 @@ def test_cpu_form_takes_reverse_mode_only_and_plain_formula_both():
   jax.jvp(lambda x: norm.batch_norm_formula(x, ones, zeros, 1e-5)[0], (x,), (x,))
   with pytest.raises(TypeError, match="custom_vjp"):
     jax.jvp(lambda x: norm.batch_norm_cpu(x, ones, zeros, 1e-5)[0], (x,), (x,))
+
+
+def test_other_platforms_differentiate_the_formula():
+  """TPU and GPU programs never see the written-out pass: forward mode exports there, and fails on CPU."""
+  x = jax.random.normal(jax.random.key(13), (4, 3))
+  ones, zeros = jnp.ones(3), jnp.zeros(3)
+  f = jax.jit(lambda x, t: jax.jvp(lambda x: norm.batch_norm_train(x, ones, zeros, 1e-5)[0], (x,), (t,)))
+  for platform in ("tpu", "cuda"):
+    assert "stablehlo" in export.export(f, platforms=[platform])(x, x).mlir_module()
+  with pytest.raises(TypeError, match="custom_vjp"):
+    export.export(f, platforms=["cpu"])(x, x)
