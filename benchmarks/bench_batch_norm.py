@@ -16,10 +16,10 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from benchmarks.common import alternating_medians
+from benchmarks.train_step import SyntheticTrainStep
 from camjax import train
 from camjax.models import norm
 from camjax.train import sharding
@@ -54,23 +54,6 @@ def layer_rows(repeats: int = 15) -> list[dict]:
   return rows
 
 
-def _train_step(config) -> Callable[[], None]:
-  mesh = sharding.make_mesh(-1, 1)
-  state, shardings, model_def, tx, schedule = train.init_state(config, mesh, config.training.num_steps,
-                                                               pretrained=False)
-  step_fn = train.make_train_step(model_def, tx, schedule, config, mesh)
-  batch, size = config.training.global_batch_size, config.data.image_size
-  rng = np.random.default_rng(0)
-  data = sharding.global_batch(mesh, {
-      "image": rng.normal(size=(batch, size, size, 3)).astype(np.float32),
-      "label": rng.integers(0, config.model.num_classes, batch).astype(np.int32)})
-  batch_shardings = {"image": sharding.batch_sharding(mesh), "label": sharding.batch_sharding(mesh)}
-  compiled = jax.jit(step_fn, in_shardings=(shardings, batch_shardings),
-                     out_shardings=(shardings, sharding.replicated(mesh)),
-                     compiler_options=train.compiler_options(mesh)).lower(state, data).compile()
-  return lambda: jax.block_until_ready(compiled(state, data))
-
-
 def _configs() -> dict:
   efficientnet = default.get_config()
   efficientnet.model.name = "efficientnet_lite0"
@@ -87,11 +70,11 @@ def _configs() -> dict:
 def step_rows(repeats: int = 8) -> list[dict]:
   rows = []
   for name, config in _configs().items():
-    ours = _train_step(config)
+    ours = SyntheticTrainStep(config)
     own_call = norm.BatchNorm.__call__
     norm.BatchNorm.__call__ = nnx.BatchNorm.__call__
     try:
-      theirs = _train_step(config)
+      theirs = SyntheticTrainStep(config)
     finally:
       norm.BatchNorm.__call__ = own_call
     seconds = alternating_medians({"camjax": ours, "nnx": theirs}, repeats=repeats)

@@ -173,8 +173,7 @@ def torch_train_step(*, batch: int, size: int) -> Callable[[], None]:
 
 def train_step(*, batch: int, size: int, repeats: int, plain: bool) -> Callable[[], None]:
   """One blocking call of the step ``camjax.train`` jits (forward, backward, SGD) for EfficientNet-Lite0."""
-  from camjax import train
-  from camjax.train import sharding
+  from benchmarks.train_step import SyntheticTrainStep
   from configs import default
 
   c = default.get_config()
@@ -184,24 +183,8 @@ def train_step(*, batch: int, size: int, repeats: int, plain: bool) -> Callable[
   c.optimizer.new_layer_patterns = ("head/.*",)
   c.training.global_batch_size = batch
   c.training.num_steps = repeats + 2
-  mesh = sharding.make_mesh(-1, 1)
   with plain_convolutions(plain):
-    state, shardings, model_def, tx, schedule = train.init_state(c, mesh, c.training.num_steps, pretrained=False)
-  step_fn = train.make_train_step(model_def, tx, schedule, c, mesh)
-  batch_shardings = {"image": sharding.batch_sharding(mesh), "label": sharding.batch_sharding(mesh)}
-  data = sharding.global_batch(mesh, {"image": _images(batch, size),
-                                      "label": np.random.default_rng(1).integers(0, 1000, batch).astype(np.int32)})
-  options = train.compiler_options(mesh) if hasattr(train, "compiler_options") else None
-  compiled = jax.jit(step_fn, in_shardings=(shardings, batch_shardings),
-                     out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,),
-                     compiler_options=options).lower(state, data).compile()
-  holder = {"state": state}
-
-  def one_step() -> None:
-    holder["state"], metrics = compiled(holder["state"], data)
-    jax.block_until_ready(metrics)
-
-  return one_step
+    return SyntheticTrainStep(c, images=_images(batch, size))
 
 
 def train_rows(*, batch: int, size: int, repeats: int, plain: bool) -> list[dict]:

@@ -13,11 +13,9 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from benchmarks.common import median_seconds
-from camjax import train
-from camjax.train import sharding
+from benchmarks.train_step import SyntheticTrainStep
 from configs import default
 
 MODELS = ("googlenet_gap", "vgg16_gap")
@@ -30,13 +28,6 @@ def matmul_peak(n: int = 2048, repeats: int = 5) -> float:
   f = jax.jit(jnp.dot)
   seconds = median_seconds(lambda: f(a, b).block_until_ready(), repeats=repeats)
   return 2.0 * n ** 3 / seconds
-
-
-def _flops(compiled) -> float:
-  analysis = compiled.cost_analysis()
-  if isinstance(analysis, (list, tuple)):
-    analysis = analysis[0] if analysis else {}
-  return float((analysis or {}).get("flops", float("nan")))
 
 
 def build_step(name: str, *, batch: int, size: int = 224, steps: int = 3) -> dict:
@@ -52,32 +43,17 @@ def build_step(name: str, *, batch: int, size: int = 224, steps: int = 3) -> dic
   c.optimizer.new_layer_patterns = ("cam_conv/.*", "head/.*")
   c.training.global_batch_size = batch
   c.training.num_steps = steps + 1
-  mesh = sharding.make_mesh(-1, 1)
-  state, shardings, model_def, tx, schedule = train.init_state(c, mesh, c.training.num_steps)
-  step_fn = train.make_train_step(model_def, tx, schedule, c, mesh)
-  batch_shardings = {"image": sharding.batch_sharding(mesh), "label": sharding.batch_sharding(mesh)}
-  rng = np.random.default_rng(0)
-  data = sharding.global_batch(mesh, {"image": rng.normal(size=(batch, size, size, 3)).astype(np.float32),
-                                      "label": rng.integers(0, 1000, batch).astype(np.int32)})
-  jitted = jax.jit(step_fn, in_shardings=(shardings, batch_shardings),
-                   out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=(0,),
-                   compiler_options=train.compiler_options(mesh))
-  compiled = jitted.lower(state, data).compile()
-  holder = {"state": state}
-
-  def one_step() -> None:
-    holder["state"], metrics = compiled(holder["state"], data)
-    jax.block_until_ready(metrics)
+  step = SyntheticTrainStep(c)
 
   @jax.jit
   def forward_fn(params, batch_stats, other, images):
-    return model_def.merge(params, batch_stats, other, train=False)(images)[0]
+    return step.model_def.merge(params, batch_stats, other, train=False)(images)[0]
 
   def forward() -> None:
-    s = holder["state"]
-    jax.block_until_ready(forward_fn(s["params"], s["batch_stats"], s["other"], data["image"]))
+    s = step.state
+    jax.block_until_ready(forward_fn(s["params"], s["batch_stats"], s["other"], step.data["image"]))
 
-  return {"step": one_step, "forward": forward, "flops": _flops(compiled)}
+  return {"step": step, "forward": forward, "flops": step.flops}
 
 
 def step_throughput(name: str, *, batch: int, size: int = 224, steps: int = 3) -> dict:

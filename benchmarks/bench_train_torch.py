@@ -12,14 +12,13 @@ dependency only: skipped with a note when it is not installed.
 from __future__ import annotations
 
 import os
-import statistics
 import sys
-import time
 from typing import Any, Callable
 
 import jax
 
 from benchmarks.bench_train import build_step
+from benchmarks.common import alternating_medians
 from camjax.models.layers import count_params
 from camjax.models.vgg import VGG16_STAGES
 from camjax.train import build_model
@@ -87,19 +86,6 @@ def _torch_step(batch: int, size: int, threads: int) -> tuple[dict[str, Callable
   return {"step": step, "forward": forward}, sum(p.numel() for p in model.parameters())
 
 
-def _interleaved(fns: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
-  """Median seconds of each function, called in turn ``repeats`` times after one warm-up each."""
-  for fn in fns.values():
-    fn()
-  times: dict[str, list[float]] = {k: [] for k in fns}
-  for _ in range(repeats):
-    for k, fn in fns.items():
-      start = time.perf_counter()
-      fn()
-      times[k].append(time.perf_counter() - start)
-  return {k: statistics.median(v) for k, v in times.items()}
-
-
 def run(batch: int = 8, size: int = 224, repeats: int = 5) -> list[dict]:
   try:
     import torch
@@ -114,8 +100,9 @@ def run(batch: int = 8, size: int = 224, repeats: int = 5) -> list[dict]:
   if torch_params != camjax_params:
     raise AssertionError(f"the torch network has {torch_params} parameters, camjax's {NAME} {camjax_params}")
   ours = build_step(NAME, batch=batch, size=size)
-  seconds = _interleaved({"camjax/train": ours["step"], "torch/train": torch_fns["step"],
-                          "camjax/forward": ours["forward"], "torch/forward": torch_fns["forward"]}, repeats)
+  seconds = alternating_medians({"camjax/train": ours["step"], "torch/train": torch_fns["step"],
+                          "camjax/forward": ours["forward"], "torch/forward": torch_fns["forward"]},
+                                repeats=repeats, warmup=1, settle=0)
   common = {"batch": batch, "size": size, "dtype": "float32", "params": camjax_params, "torch": torch.__version__,
             "torch_threads": threads, "jax": jax.__version__, "devices": jax.device_count()}
   rows = []

@@ -56,6 +56,18 @@ def _is_key(x: Any) -> bool:
   return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
+# A model built under ``nnx.eval_shape`` (shapes only) holds ShapeDtypeStructs, not keys:
+# reading them under ``eval_shape`` works for both.
+def _key_impl(key: Any) -> Any:
+  impls = []
+  jax.eval_shape(lambda k: impls.append(jax.random.key_impl(k)), key)
+  return impls[0]
+
+
+def _key_data(key: Any) -> Any:
+  return jax.random.key_data(key) if isinstance(key, jax.Array) else jax.eval_shape(jax.random.key_data, key)
+
+
 class ModelDef:
   """The static halves of an nnx model: graph definitions (train / eval) and state templates.
 
@@ -73,11 +85,11 @@ class ModelDef:
     self._key_impls = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(other.to_pure_dict())[0]:
       if _is_key(leaf):
-        self._key_impls[sharding.path_str(path)] = jax.random.key_impl(leaf)
+        self._key_impls[sharding.path_str(path)] = _key_impl(leaf)
 
   def split(self, model: nnx.Module) -> tuple[dict, dict, dict]:
     _, params, stats, other = nnx.split(model, nnx.Param, nnx.BatchStat, ...)
-    other = jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, other.to_pure_dict())
+    other = jax.tree.map(lambda x: _key_data(x) if _is_key(x) else x, other.to_pure_dict())
     return params.to_pure_dict(), stats.to_pure_dict(), other
 
   def merge(self, params: dict, batch_stats: dict, other: dict, *, train: bool) -> nnx.Module:

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 import _train_helpers as h
 from camjax import train
@@ -398,9 +399,10 @@ def test_paper_configs_trace_a_train_step(config_name):
   with c.unlocked():
     c.model.overrides.width_mult = 0.0625  # tracing only: shapes matter, not sizes
   c.training.global_batch_size = 2
-  model = train.build_model(c)
+  model = nnx.eval_shape(lambda: train.build_model(c))  # shapes only: no initialiser is compiled
   model_def = train.ModelDef(model)
   params, stats, other = model_def.split(model)
+  assert not any(isinstance(x, jax.Array) for x in jax.tree.leaves((params, stats, other)))
   tx, schedule = train.make_optimizer(c, params, 10)  # the config's new-layer patterns match this model
   state = {"step": jnp.zeros((), jnp.int32), "params": params, "batch_stats": stats, "other": other,
            "opt_state": jax.eval_shape(tx.init, params)}
