@@ -22,6 +22,10 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   atexit.register(shutil.rmtree, _cache, True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# And most programs here are small and run once: LLVM at -O1 compiles them about 1.5 times faster.
+# Convolutions and matrix products run in their libraries either way; users' runs keep XLA's default.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=1").strip()
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 # Appended, not prepended: a test folder named like a package (data, models, ...) never hides a real one.
