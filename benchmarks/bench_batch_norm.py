@@ -19,11 +19,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from benchmarks.common import alternating_medians
-from benchmarks.train_step import SyntheticTrainStep
+from benchmarks.train_step import SyntheticTrainStep, synthetic_config
 from camjax import train
 from camjax.models import norm
 from camjax.train import sharding
-from configs import default, quickstart
+from configs import quickstart
 
 LAYERS = ((8, 112, 112, 96), (8, 56, 56, 144), (8, 14, 14, 672), (64, 64, 64, 16), (64, 32, 32, 32))
 
@@ -55,15 +55,10 @@ def layer_rows(repeats: int = 15) -> list[dict]:
 
 
 def _configs() -> dict:
-  efficientnet = default.get_config()
-  efficientnet.model.name = "efficientnet_lite0"
-  efficientnet.data.image_size = 224
-  efficientnet.optimizer.new_layer_patterns = ("head/.*",)
-  efficientnet.training.global_batch_size = 8
+  efficientnet = synthetic_config("efficientnet_lite0", batch=8, size=224, num_steps=100)
   small = quickstart.get_config()
-  for c in (efficientnet, small):
-    c.data.name = "synthetic"
-    c.training.num_steps = 100
+  small.data.name = "synthetic"
+  small.training.num_steps = 100
   return {"efficientnet_lite0": efficientnet, "small_gap_quickstart": small}
 
 

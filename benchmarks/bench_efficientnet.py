@@ -173,18 +173,11 @@ def torch_train_step(*, batch: int, size: int) -> Callable[[], None]:
 
 def train_step(*, batch: int, size: int, repeats: int, plain: bool) -> Callable[[], None]:
   """One blocking call of the step ``camjax.train`` jits (forward, backward, SGD) for EfficientNet-Lite0."""
-  from benchmarks.train_step import SyntheticTrainStep
-  from configs import default
+  from benchmarks.train_step import SyntheticTrainStep, synthetic_config
 
-  c = default.get_config()
-  c.model.name = MODEL
-  c.data.name = "synthetic"
-  c.data.image_size = size
-  c.optimizer.new_layer_patterns = ("head/.*",)
-  c.training.global_batch_size = batch
-  c.training.num_steps = repeats + 2
+  config = synthetic_config(MODEL, batch=batch, size=size, num_steps=repeats + 2)
   with plain_convolutions(plain):
-    return SyntheticTrainStep(c, images=_images(batch, size))
+    return SyntheticTrainStep(config, images=_images(batch, size))
 
 
 def train_rows(*, batch: int, size: int, repeats: int, plain: bool) -> list[dict]:

@@ -15,8 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks.common import median_seconds
-from benchmarks.train_step import SyntheticTrainStep
-from configs import default
+from benchmarks.train_step import SyntheticTrainStep, synthetic_config
 
 MODELS = ("googlenet_gap", "vgg16_gap")
 
@@ -36,14 +35,8 @@ def build_step(name: str, *, batch: int, size: int = 224, steps: int = 3) -> dic
   Returns ``step`` (one blocking call, the state carried over), ``flops`` per step and
   ``forward`` (one blocking jitted forward pass of the current parameters in eval mode).
   """
-  c = default.get_config()
-  c.model.name = name
-  c.data.name = "synthetic"
-  c.data.image_size = size
-  c.optimizer.new_layer_patterns = ("cam_conv/.*", "head/.*")
-  c.training.global_batch_size = batch
-  c.training.num_steps = steps + 1
-  step = SyntheticTrainStep(c)
+  step = SyntheticTrainStep(synthetic_config(name, batch=batch, size=size, num_steps=steps + 1,
+                                              new_layer_patterns=("cam_conv/.*", "head/.*")))
 
   @jax.jit
   def forward_fn(params, batch_stats, other, images):

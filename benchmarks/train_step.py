@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import jax
+import ml_collections
 import numpy as np
 
 from camjax import train
 from camjax.train import sharding
+from configs import default
+
+
+def synthetic_config(model: str, *, batch: int, size: int, num_steps: int,
+                     new_layer_patterns: Sequence[str] = ("head/.*",)) -> ml_collections.ConfigDict:
+  """The default config training ``model`` on synthetic data: what the train-step benchmarks compile."""
+  c = default.get_config()
+  c.model.name = model
+  c.data.name = "synthetic"
+  c.data.image_size = size
+  c.optimizer.new_layer_patterns = tuple(new_layer_patterns)
+  c.training.global_batch_size = batch
+  c.training.num_steps = num_steps
+  return c
 
 
 class SyntheticTrainStep:
